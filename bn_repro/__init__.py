@@ -1,0 +1,1 @@
+"""bn-repro: reproduce and extend Batch Normalization (Ioffe & Szegedy, 2015)."""
