@@ -1,0 +1,61 @@
+"""Checks on a resolved config that fail at once, before any data is loaded, naming the valid choices.
+
+Hydra already rejects unknown config groups/options and unknown keys (the config is in struct mode);
+these checks cover the values inside the groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")
+PROBE_MODES = ("eval", "train")
+OPTIMIZERS = ("sgd",)
+SCHEDULES = ("constant", "exponential")
+BACKWARDS = ("autograd", "explicit")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choice(cfg: Mapping[str, Any], dotted: str, choices) -> None:
+    value: Any = cfg
+    for key in dotted.split("."):
+        value = value[key]
+    if value not in choices:
+        raise ConfigError(f"{dotted}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
+
+
+def _positive(cfg: Mapping[str, Any], dotted: str, allow_zero: bool = False) -> None:
+    value: Any = cfg
+    for key in dotted.split("."):
+        value = value[key]
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{dotted}={value!r} is not valid; expected an integer >= {low}")
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    from bn_repro.data import DATASETS
+    from bn_repro.models import MODELS
+    from bn_repro.models.layers import ACTIVATIONS, NORM_KINDS
+
+    _choice(cfg, "data.name", DATASETS)
+    _choice(cfg, "model.name", MODELS)
+    if "activation" in cfg["model"]:
+        _choice(cfg, "model.activation", ACTIVATIONS)
+    _choice(cfg, "norm.kind", NORM_KINDS)
+    if cfg["norm"]["kind"] == "custom":
+        _choice(cfg, "norm.backward", BACKWARDS)
+    _choice(cfg, "optim.name", OPTIMIZERS)
+    _choice(cfg, "optim.schedule.name", SCHEDULES)
+    _choice(cfg, "trainer.device", DEVICES)
+    _choice(cfg, "probe.mode", PROBE_MODES)
+    for key in ("data.batch_size", "trainer.max_steps", "trainer.eval_every", "trainer.log_every",
+                "trainer.eval_batch_size", "probe.num_examples", "optim.schedule.decay_steps"):  # fmt: skip
+        _positive(cfg, key)
+    _positive(cfg, "trainer.population_stats_batches", allow_zero=True)
+    if not cfg["optim"]["lr"] > 0:
+        raise ConfigError(f"optim.lr={cfg['optim']['lr']!r} is not valid; expected a number > 0")

@@ -1,0 +1,22 @@
+"""Model registry: `model.name` picks a class; every model takes the data's shape and class count."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from bn_repro.models.mlp import MLP
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP}
+
+
+def build_model(
+    model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], input_shape: Sequence[int], num_classes: int
+) -> nn.Module:
+    options = dict(model_cfg)
+    name = options.pop("name", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model.name {name!r}; valid choices: {', '.join(MODELS)}")
+    return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, norm_cfg=norm_cfg, **options)

@@ -1,0 +1,63 @@
+"""The paper's section 4.1 network: fully-connected hidden layers, BN before each nonlinearity."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from bn_repro.models.layers import make_activation, make_norm, uses_norm
+
+
+class HiddenLayer(nn.Module):
+    """z = g(BN(Wu)) with BN, z = g(Wu + b) without: beta subsumes the bias (paper section 3.2)."""
+
+    def __init__(self, in_features: int, out_features: int, norm_cfg: Mapping[str, Any], activation: str):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=not uses_norm(norm_cfg))
+        self.norm = make_norm(norm_cfg, out_features, input_dims=2)
+        self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.linear(x)))
+
+
+class MLP(nn.Module):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        norm_cfg: Mapping[str, Any],
+        hidden: Sequence[int] = (100, 100, 100),
+        activation: str = "sigmoid",
+        init_std: float | None = 0.01,
+    ):
+        super().__init__()
+        widths = [math.prod(input_shape), *hidden]
+        self.hidden = nn.ModuleList(
+            HiddenLayer(w_in, w_out, norm_cfg, activation) for w_in, w_out in itertools.pairwise(widths)
+        )
+        self.out = nn.Linear(widths[-1], num_classes)
+        if init_std is not None:
+            self._init_gaussian(init_std)
+
+    def _init_gaussian(self, std: float) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = layer(x)
+        return self.out(x)
+
+    def probe_points(self) -> dict[str, nn.Module]:
+        """The nonlinearity of each hidden layer; a probe records the input to it."""
+        return {f"hidden{i + 1}": layer.act for i, layer in enumerate(self.hidden)}

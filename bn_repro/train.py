@@ -1,0 +1,280 @@
+"""The training app: one Hydra job trains one model and writes its run files.
+
+    python -m bn_repro.train experiment=fig1_fashion_mnist norm=builtin        # one run
+    python -m bn_repro.train -m experiment=fig1_mnist norm=none,builtin        # the Fig. 1 pair
+    python -m bn_repro.train data=synthetic trainer.max_steps=200              # a smoke run, no files
+
+Outputs (metrics.csv, activations.csv, summary.json) land in the Hydra job's output dir; see
+bn_repro/run_files.py for their columns.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from bn_repro.config import validate_config
+from bn_repro.data import DeviceDataset, EpochBatches, load_dataset
+from bn_repro.models import build_model
+from bn_repro.probes import ActivationProbe
+from bn_repro.run_files import (
+    ACTIVATIONS_COLUMNS,
+    ACTIVATIONS_FILE,
+    METRICS_COLUMNS,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    CsvLog,
+    git_commit,
+    write_json_atomic,
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def build_optimizer(model: nn.Module, optim_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=optim_cfg["lr"],
+        momentum=optim_cfg["momentum"],
+        nesterov=optim_cfg["nesterov"],
+        weight_decay=optim_cfg["weight_decay"],
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: dict[str, Any]):
+    if schedule["name"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    rate, period, staircase = schedule["decay_rate"], schedule["decay_steps"], schedule["staircase"]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: rate ** ((step // period) if staircase else (step / period))
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[float, float]:
+    """Loss and accuracy on the full test set, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=data.test_y.device, dtype=torch.float64)
+    correct = torch.zeros((), device=data.test_y.device, dtype=torch.int64)
+    for start in range(0, len(data.test_y), batch_size):
+        x = data.normalize(data.test_x[start : start + batch_size])
+        y = data.test_y[start : start + batch_size]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(data.test_y)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def population_stats_accuracy(model, data, batches: EpochBatches, num_batches: int, eval_batch_size: int):
+    """Test accuracy with BN population statistics recomputed per Algorithm 2, on a copy of the model."""
+    from bn_repro.norm import recompute_population_statistics
+
+    probe_model = copy.deepcopy(model)
+    sampler = copy.deepcopy(batches)  # leaves the training batch order untouched
+    inputs = (data.normalize(data.train_x[idx]) for idx in itertools.islice(sampler, num_batches))
+    recompute_population_statistics(probe_model, inputs, num_batches)
+    return evaluate(probe_model, data, eval_batch_size)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    from bn_repro.norm import BatchNorm
+
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) for m in model.modules())
+
+
+def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
+    """Train per `cfg`, write the run files into `run_dir`, and return the summary."""
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
+    validate_config(config)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer, data_cfg = config["trainer"], config["data"]
+    started = time.perf_counter()
+
+    device = resolve_device(trainer["device"])
+    seed_everything(config["seed"], trainer["deterministic"])
+    data = load_dataset(
+        data_cfg["name"], data_cfg["root"], device,
+        download=data_cfg["download"], download_timeout_s=data_cfg["download_timeout_s"],
+        synthetic=data_cfg.get("synthetic"),
+    )  # fmt: skip
+    model = build_model(config["model"], config["norm"], data.input_shape, data.num_classes).to(device)
+    optimizer = build_optimizer(model, config["optim"])
+    scheduler = build_scheduler(optimizer, config["optim"]["schedule"])
+    generator = torch.Generator().manual_seed(config["seed"])
+    batches = EpochBatches(len(data.train_y), data_cfg["batch_size"], generator, device)
+
+    probe_cfg = config["probe"]
+    probe = ActivationProbe(model.probe_points(), probe_cfg["units"])
+    probe_x = data.normalize(data.test_x[: probe_cfg["num_examples"]])
+
+    summary: dict[str, Any] = {
+        "status": "running",
+        "experiment_name": config["experiment_name"],
+        "final_test_acc": None,
+        "best_test_acc": None,
+        "steps": 0,
+        "wall_time_s": 0.0,
+        "steps_per_s": None,
+        "diverged": False,
+        "batch_size": data_cfg["batch_size"],
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "provenance": {
+            "git_commit": git_commit(),
+            "torch_version": torch.__version__,
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+            "dataset": data.name,
+            "dataset_source": data.source,
+            "dataset_checksum": data.checksum,
+        },
+        "config": config,
+    }
+    metrics_log = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
+    activations_log = CsvLog(run_dir / ACTIVATIONS_FILE, ACTIVATIONS_COLUMNS)
+
+    def probe_forward():
+        model.train(probe_cfg["mode"] == "train")
+        try:
+            model(probe_x)
+        finally:
+            model.train()
+
+    max_steps, eval_every, log_every = trainer["max_steps"], trainer["eval_every"], trainer["log_every"]
+    train_seconds = 0.0
+    window_loss = torch.zeros((), device=device, dtype=torch.float64)
+    window_correct = torch.zeros((), device=device, dtype=torch.int64)
+    window_steps, window_start = 0, time.perf_counter()
+    best_acc = -math.inf
+    step = 0
+    summary["setup_s"] = round(time.perf_counter() - started, 3)
+    loop_start = time.perf_counter()
+    progress = tqdm(
+        total=max_steps, desc=config["experiment_name"], unit="step", dynamic_ncols=True,
+        disable=None if trainer["progress"] else True, leave=False,
+    )  # fmt: skip
+
+    def record(step: int) -> dict:
+        """Evaluate, probe, and write one metrics row plus the activation rows."""
+        nonlocal best_acc, window_loss, window_correct, window_steps, window_start, train_seconds
+        window_seconds = time.perf_counter() - window_start
+        train_seconds += window_seconds
+        test_loss, test_acc = evaluate(model, data, trainer["eval_batch_size"])
+        probed = probe.measure(probe_forward)
+        steps_in_window = max(window_steps, 1)
+        row = {
+            "step": step,
+            "epoch": batches.epoch,
+            "train_loss": window_loss.item() / steps_in_window if window_steps else float("nan"),
+            "train_acc": window_correct.item() / (steps_in_window * data_cfg["batch_size"])
+            if window_steps
+            else float("nan"),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "wall_time_s": round(time.perf_counter() - loop_start, 3),
+            "steps_per_s": round(window_steps / window_seconds, 2) if window_steps else float("nan"),
+        }
+        metrics_log.write(row)
+        activations_log.write([{"step": step, **r} for r in probed.rows])
+        best_acc = max(best_acc, test_acc)
+        summary.update(steps=step, best_test_acc=best_acc, final_test_acc=test_acc,
+                       wall_time_s=row["wall_time_s"])  # fmt: skip
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        progress.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_acc:.4f}", refresh=False)
+        window_loss, window_correct = torch.zeros_like(window_loss), torch.zeros_like(window_correct)
+        window_steps, window_start = 0, time.perf_counter()
+        return row
+
+    try:
+        record(0)
+        model.train()
+        for step in range(1, max_steps + 1):
+            idx = next(batches)
+            x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            window_loss += loss.detach()
+            window_correct += (logits.detach().argmax(1) == y).sum()
+            window_steps += 1
+            if step % log_every == 0 or step == max_steps:
+                progress.update(step - progress.n)
+                # Reading the loss back forces a device sync, so divergence is checked once a period.
+                if not math.isfinite(window_loss.item()):
+                    summary["diverged"] = True
+                    record(step)
+                    break
+            if step % eval_every == 0 or step == max_steps:
+                record(step)
+        # steps_per_s counts evaluation and probes too (the run's real throughput);
+        # train_steps_per_s only the time spent in training steps.
+        summary["train_time_s"] = round(train_seconds, 3)
+        summary["steps_per_s"] = round(summary["steps"] / max(summary["wall_time_s"], 1e-9), 2)
+        summary["train_steps_per_s"] = round(summary["steps"] / train_seconds, 2) if train_seconds else None
+        if trainer["population_stats_batches"] and has_batch_norm(model) and not summary["diverged"]:
+            pop_loss, pop_acc = population_stats_accuracy(
+                model, data, batches, trainer["population_stats_batches"], trainer["eval_batch_size"]
+            )
+            summary["final_test_acc_population_stats"] = pop_acc
+            summary["final_test_loss_population_stats"] = pop_loss
+        summary["status"] = "diverged" if summary["diverged"] else "finished"
+    except BaseException:
+        summary["status"] = "failed"
+        raise
+    finally:
+        progress.close()
+        metrics_log.close()
+        activations_log.close()
+        summary["total_time_s"] = round(time.perf_counter() - started, 3)
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = train(cfg, run_dir)
+    print(
+        f"{summary['experiment_name']}: status={summary['status']} steps={summary['steps']} "
+        f"final_test_acc={summary['final_test_acc']:.4f} best_test_acc={summary['best_test_acc']:.4f} "
+        f"({summary['steps_per_s']} steps/s) -> {run_dir}"
+    )
+    # A returned number lets Hydra sweepers (e.g. Optuna) optimise it.
+    return summary["final_test_acc"]
+
+
+if __name__ == "__main__":
+    main()
