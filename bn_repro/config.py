@@ -57,5 +57,6 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
                 "trainer.eval_batch_size", "probe.num_examples", "optim.schedule.decay_steps"):  # fmt: skip
         _positive(cfg, key)
     _positive(cfg, "trainer.population_stats_batches", allow_zero=True)
+    _positive(cfg, "trainer.checkpoint_every", allow_zero=True)
     if not cfg["optim"]["lr"] > 0:
         raise ConfigError(f"optim.lr={cfg['optim']['lr']!r} is not valid; expected a number > 0")

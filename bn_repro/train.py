@@ -27,6 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from bn_repro.checkpoint import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from bn_repro.config import validate_config
 from bn_repro.data import DeviceDataset, EpochBatches, load_dataset
 from bn_repro.models import build_model
@@ -39,6 +47,7 @@ from bn_repro.run_files import (
     SUMMARY_FILE,
     CsvLog,
     git_commit,
+    truncate_rows_after,
     write_json_atomic,
 )
 
@@ -112,12 +121,48 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) for m in model.modules())
 
 
+class _Window:
+    """Training steps since the last evaluation; their mean loss and accuracy become one metrics row."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.copy_(state["loss"])
+        self.correct.copy_(state["correct"])
+        self.steps = state["steps"]
+
+
+def _check_run_dir(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None for a fresh run; refuses to start over existing results."""
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        return load_checkpoint(checkpoint, config)
+    metrics = run_dir / METRICS_FILE
+    if metrics.exists() and metrics.stat().st_size > 0:
+        raise CheckpointError(
+            f"{run_dir} already holds results ({METRICS_FILE}) but no {CHECKPOINT_FILE} to resume from; "
+            f"refusing to start over them. Choose a new run dir (hydra.run.dir=...), or delete the old files."
+        )
+    return None
+
+
 def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
-    """Train per `cfg`, write the run files into `run_dir`, and return the summary."""
+    """Train per `cfg`, write the run files into `run_dir`, and return the summary.
+
+    A run dir holding a checkpoint (trainer.checkpoint_every > 0) is resumed from it.
+    """
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     validate_config(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = _check_run_dir(run_dir, config)
     trainer, data_cfg = config["trainer"], config["data"]
     started = time.perf_counter()
 
@@ -133,6 +178,7 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, config["optim"]["schedule"])
     generator = torch.Generator().manual_seed(config["seed"])
     batches = EpochBatches(len(data.train_y), data_cfg["batch_size"], generator, device)
+    window = _Window(device)
 
     probe_cfg = config["probe"]
     probe = ActivationProbe(model.probe_points(), probe_cfg["units"])
@@ -145,6 +191,7 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         "best_test_acc": None,
         "steps": 0,
         "wall_time_s": 0.0,
+        "train_time_s": 0.0,
         "steps_per_s": None,
         "diverged": False,
         "batch_size": data_cfg["batch_size"],
@@ -159,6 +206,22 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         },
         "config": config,
     }
+    start_step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        batches.load_state_dict(resume["batches"])
+        window.load_state_dict(resume["window"])
+        set_rng_states(resume["rng"])
+        start_step = resume["step"]
+        kept = {k: resume["summary"][k] for k in ("final_test_acc", "best_test_acc", "steps", "wall_time_s",
+                                                  "train_time_s", "diverged")}  # fmt: skip
+        summary.update(kept, resumed_from_step=start_step)
+        # Rows written after the checkpoint are redone by this run: drop them, so none is duplicated.
+        truncate_rows_after(run_dir / METRICS_FILE, start_step)
+        truncate_rows_after(run_dir / ACTIVATIONS_FILE, start_step)
+
     metrics_log = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
     activations_log = CsvLog(run_dir / ACTIVATIONS_FILE, ACTIVATIONS_COLUMNS)
 
@@ -170,55 +233,58 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
             model.train()
 
     max_steps, eval_every, log_every = trainer["max_steps"], trainer["eval_every"], trainer["log_every"]
-    train_seconds = 0.0
-    window_loss = torch.zeros((), device=device, dtype=torch.float64)
-    window_correct = torch.zeros((), device=device, dtype=torch.int64)
-    window_steps, window_start = 0, time.perf_counter()
-    best_acc = -math.inf
-    step = 0
+    checkpoint_every = trainer["checkpoint_every"]
     summary["setup_s"] = round(time.perf_counter() - started, 3)
-    loop_start = time.perf_counter()
+    # Wall and training time continue from the checkpoint, so a resumed run reports the time of both parts.
+    loop_start = time.perf_counter() - summary["wall_time_s"]
     progress = tqdm(
-        total=max_steps, desc=config["experiment_name"], unit="step", dynamic_ncols=True,
+        total=max_steps, initial=start_step, desc=config["experiment_name"], unit="step", dynamic_ncols=True,
         disable=None if trainer["progress"] else True, leave=False,
     )  # fmt: skip
 
     def record(step: int) -> dict:
         """Evaluate, probe, and write one metrics row plus the activation rows."""
-        nonlocal best_acc, window_loss, window_correct, window_steps, window_start, train_seconds
-        window_seconds = time.perf_counter() - window_start
-        train_seconds += window_seconds
+        window_seconds = time.perf_counter() - window.started
+        summary["train_time_s"] += window_seconds
         test_loss, test_acc = evaluate(model, data, trainer["eval_batch_size"])
         probed = probe.measure(probe_forward)
-        steps_in_window = max(window_steps, 1)
+        nan = float("nan")
+        examples = window.steps * data_cfg["batch_size"]
         row = {
             "step": step,
             "epoch": batches.epoch,
-            "train_loss": window_loss.item() / steps_in_window if window_steps else float("nan"),
-            "train_acc": window_correct.item() / (steps_in_window * data_cfg["batch_size"])
-            if window_steps
-            else float("nan"),
+            "train_loss": window.loss.item() / window.steps if window.steps else nan,
+            "train_acc": window.correct.item() / examples if examples else nan,
             "test_loss": test_loss,
             "test_acc": test_acc,
             "lr": optimizer.param_groups[0]["lr"],
             "wall_time_s": round(time.perf_counter() - loop_start, 3),
-            "steps_per_s": round(window_steps / window_seconds, 2) if window_steps else float("nan"),
+            "steps_per_s": round(window.steps / window_seconds, 2) if window.steps else nan,
         }
         metrics_log.write(row)
         activations_log.write([{"step": step, **r} for r in probed.rows])
-        best_acc = max(best_acc, test_acc)
-        summary.update(steps=step, best_test_acc=best_acc, final_test_acc=test_acc,
-                       wall_time_s=row["wall_time_s"])  # fmt: skip
+        best = summary["best_test_acc"]
+        summary.update(steps=step, best_test_acc=test_acc if best is None else max(best, test_acc),
+                       final_test_acc=test_acc, wall_time_s=row["wall_time_s"])  # fmt: skip
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
         progress.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_acc:.4f}", refresh=False)
-        window_loss, window_correct = torch.zeros_like(window_loss), torch.zeros_like(window_correct)
-        window_steps, window_start = 0, time.perf_counter()
+        window.__init__(device)
         return row
 
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run_dir / CHECKPOINT_FILE, {
+            "step": step, "config": config, "summary": summary, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "batches": batches.state_dict(), "window": window.state_dict(), "rng": rng_states(),
+        })  # fmt: skip
+
     try:
-        record(0)
+        if resume is None:
+            record(0)
         model.train()
-        for step in range(1, max_steps + 1):
+        for step in range(start_step + 1, max_steps + 1):
+            if summary["diverged"]:
+                break
             idx = next(batches)
             x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
             logits = model(x)
@@ -227,20 +293,22 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            window_loss += loss.detach()
-            window_correct += (logits.detach().argmax(1) == y).sum()
-            window_steps += 1
+            window.loss += loss.detach()
+            window.correct += (logits.detach().argmax(1) == y).sum()
+            window.steps += 1
+            evaluate_now = step % eval_every == 0 or step == max_steps
             if step % log_every == 0 or step == max_steps:
                 progress.update(step - progress.n)
                 # Reading the loss back forces a device sync, so divergence is checked once a period.
-                if not math.isfinite(window_loss.item()):
-                    summary["diverged"] = True
-                    record(step)
-                    break
-            if step % eval_every == 0 or step == max_steps:
+                if not math.isfinite(window.loss.item()):
+                    summary["diverged"] = evaluate_now = True
+            if evaluate_now:
                 record(step)
+            if checkpoint_every and (step % checkpoint_every == 0 or step == max_steps):
+                checkpoint(step)
         # steps_per_s counts evaluation and probes too (the run's real throughput);
         # train_steps_per_s only the time spent in training steps.
+        train_seconds = summary["train_time_s"]
         summary["train_time_s"] = round(train_seconds, 3)
         summary["steps_per_s"] = round(summary["steps"] / max(summary["wall_time_s"], 1e-9), 2)
         summary["train_steps_per_s"] = round(summary["steps"] / train_seconds, 2) if train_seconds else None
