@@ -1,0 +1,481 @@
+"""The paper's figures and the Fig. 3 table, drawn from run dirs (local files only, headless).
+
+    python scripts/make_figures.py                                   # results/ -> results/figures/
+    python scripts/make_figures.py multirun/fig1_mnist_sweep --out figures
+
+    report = make_figures(["multirun/"], "figures")                 # the same from Python
+    report.written, report.notes
+
+A run dir is what the train app (or scripts/export_wandb.py) leaves: summary.json, metrics.csv,
+activations.csv (bn_repro/run_files.py). Runs named fig2_* make Fig. 2 and Fig. 3; every other run is a
+Fig. 1 run. Runs are grouped by dataset and planned length (config.trainer.max_steps); a group is one
+figure, named after its dataset (plus `_<steps>steps` when a dataset has runs of several lengths):
+
+- fig1a_test_accuracy_<dataset>: test accuracy vs steps, one curve per norm (no BN, BN (builtin),
+  BN (custom, explicit), ...): the mean over the seeds that finished, with a min-max band over them.
+- fig1bc_activations_<dataset>: the 15th/50th/85th percentiles of the input to the nonlinearity of one
+  unit of the last hidden layer, one panel per norm on shared axes (the paper's Fig. 1(b,c)). The unit
+  is the first probed one (probe.units[0]), the run the lowest seed that finished (else the lowest
+  seed): one run, as the paper draws one, not a mean over seeds.
+- fig2_speedup_<dataset>: test accuracy vs steps for each fig2_* variant present (mean over finished
+  seeds), with the no-BN baseline's best accuracy (the Fig. 3 target) as a horizontal line.
+- fig3_table_<dataset>.md/.csv: bn_repro/speedup.py's steps-to-target table for those runs.
+- summary.csv: one row per run.
+
+Curves that would otherwise mix runs of different settings (optim.*, model.*, data.batch_size,
+data.augment) are split, and their labels name the setting. Runs that diverged or stopped early
+(status diverged, running or failed) are drawn on their own, dashed, up to their last evaluation, and
+labelled so; they are left out of every mean (a diverged run's accuracy falls to chance and would drag
+the mean of its seeds down), as speedup.mean_curve does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
+
+from bn_repro import speedup
+from bn_repro.run_files import ACTIVATIONS_FILE, SUMMARY_FILE, read_csv
+
+DATASET_NAMES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "synthetic": "synthetic",
+}
+# The paper's names for the Fig. 2/3 curves; fig2_sigmoid is its remark on Inception with sigmoid.
+VARIANT_LABELS = {
+    "fig2_inception": "Inception",
+    "fig2_bn_baseline": "BN-Baseline",
+    "fig2_bn_x5": "BN-x5",
+    "fig2_bn_x30": "BN-x30",
+    "fig2_bn_x5_sigmoid": "BN-x5-Sigmoid",
+    "fig2_sigmoid": "Inception-Sigmoid",
+}
+FIG2_PREFIX = "fig2_"
+# Settings that change what a curve means: runs that differ in one of these are never averaged together.
+CURVE_SETTINGS = ("optim.", "model.", "data.batch_size", "data.augment")
+SUMMARY_COLUMNS = (
+    "experiment_name", "dataset", "norm", "backward", "seed", "steps", "max_steps", "final_test_acc",
+    "best_test_acc", "diverged", "status", "wall_time_s", "steps_per_s", "run_dir",
+)  # fmt: skip
+IMAGE_FORMATS = ("png", "pdf")
+PNG_DPI = 150
+
+
+class NoRunsError(FileNotFoundError):
+    """No run dir (a folder holding summary.json) was found where the figures were asked for."""
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run dir: the metrics as bn_repro.speedup reads them, the summary and the probe rows."""
+
+    run: speedup.Run
+    summary: dict[str, Any]
+    activations: tuple[dict[str, Any], ...]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.summary.get("config") or {}
+
+    @property
+    def experiment_name(self) -> str:
+        return self.run.experiment_name
+
+    @property
+    def dataset(self) -> str:
+        return self.config.get("data", {}).get("name") or self.summary.get("provenance", {}).get(
+            "dataset", "?"
+        )
+
+    @property
+    def norm_kind(self) -> str:
+        return self.config.get("norm", {}).get("kind", "?")
+
+    @property
+    def backward(self) -> str:
+        """The custom BN's backward (autograd | explicit); empty for the others."""
+        return self.config.get("norm", {}).get("backward", "") if self.norm_kind == "custom" else ""
+
+    @property
+    def norm_label(self) -> str:
+        if self.norm_kind == "none":
+            return "no BN"
+        return f"BN ({self.norm_kind}, {self.backward})" if self.backward else f"BN ({self.norm_kind})"
+
+    @property
+    def seed(self) -> int | None:
+        return self.run.seed
+
+    @property
+    def max_steps(self) -> int:
+        """The planned length (what the figure title names); a stopped run has fewer `steps`."""
+        planned = self.config.get("trainer", {}).get("max_steps")
+        return int(planned) if planned is not None else (self.run.steps[-1] if self.run.steps else 0)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Diverged, failed or still running: drawn on its own, never part of a mean."""
+        return self.run.status != "finished"
+
+    @property
+    def is_fig2(self) -> bool:
+        return self.experiment_name.startswith(FIG2_PREFIX)
+
+
+@dataclass
+class Report:
+    written: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_run_data(run_dir: str | Path) -> RunData:
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    activations_path = run_dir / ACTIVATIONS_FILE
+    rows = read_csv(activations_path) if activations_path.exists() else []
+    activations = tuple(
+        {
+            "step": int(r["step"]),
+            "layer": r["layer"],
+            "unit": int(r["unit"]),
+            **{p: float(r[p]) for p in ("p15", "p50", "p85")},
+        }
+        for r in rows
+    )
+    return RunData(run=speedup.load_run(run_dir), summary=summary, activations=activations)
+
+
+def load_all(paths: Iterable[str | Path]) -> list[RunData]:
+    """Every run in `paths` (run dirs, or folders searched recursively for them)."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise NoRunsError(f"no such run dir or folder: {', '.join(missing)}")
+    run_dirs = speedup.find_run_dirs(paths)
+    if not run_dirs:
+        raise NoRunsError(
+            f"no run dirs (folders holding {SUMMARY_FILE}) found in {', '.join(map(str, paths))}; train some "
+            "first (python -m bn_repro.train -m experiment=fig1_fashion_mnist_sweep) or pass their dirs"
+        )
+    return [load_run_data(d) for d in run_dirs]
+
+
+# ---------------------------------------------------------------------------------------------- grouping
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, list) else value
+    return flat
+
+
+def _curve_settings(runs: Sequence[RunData]) -> list[str]:
+    """The CURVE_SETTINGS keys whose value is not the same in every run."""
+    flats = [_flatten(r.config) for r in runs]
+    keys = sorted({k for f in flats for k in f if k.startswith(CURVE_SETTINGS)})
+    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+
+
+def split_curves(runs: Sequence[RunData], label_of) -> dict[str, list[RunData]]:
+    """Runs by curve: `label_of(run)`, plus the settings that differ between the runs, if any."""
+    differing = _curve_settings(runs)
+    curves: dict[str, list[RunData]] = {}
+    for run in runs:
+        flat = _flatten(run.config)
+        label = label_of(run)
+        if differing:
+            label += " [" + ", ".join(f"{k}={flat.get(k)}" for k in differing) + "]"
+        curves.setdefault(label, []).append(run)
+    return curves
+
+
+def _figure_groups(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
+    """Runs by (dataset, planned steps), keyed by the file name suffix of their figure."""
+    by_dataset: dict[str, dict[int, list[RunData]]] = {}
+    for run in runs:
+        by_dataset.setdefault(run.dataset, {}).setdefault(run.max_steps, []).append(run)
+    groups = {}
+    for dataset, by_steps in sorted(by_dataset.items()):
+        for steps, group in sorted(by_steps.items()):
+            suffix = dataset if len(by_steps) == 1 else f"{dataset}_{steps}steps"
+            groups[suffix] = group
+    return groups
+
+
+def _norm_order(label: str) -> tuple:
+    return (not label.startswith("no BN"), label)
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def _seed_text(runs: Sequence[RunData]) -> str:
+    seeds = sorted({r.seed for r in runs if r.seed is not None})
+    if not seeds:
+        return "seed unknown"
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def _title(runs: Sequence[RunData]) -> str:
+    """E.g. 'Fashion-MNIST, 50,000 steps, seeds 0-2'."""
+    dataset = DATASET_NAMES.get(runs[0].dataset, runs[0].dataset)
+    return f"{dataset}, {runs[0].max_steps:,} steps, {_seed_text(runs)}"
+
+
+def _stop_text(run: RunData) -> str:
+    last = run.run.steps[-1] if run.run.steps else 0
+    verb = "diverged" if run.run.diverged else f"stopped ({run.run.status})"
+    return f"seed {run.seed}: {verb} at step {last:,}"
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+
+def _save(fig: Figure, out_dir: Path, stem: str, report: Report) -> None:
+    for fmt in IMAGE_FORMATS:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
+        report.written.append(path)
+
+
+def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: bool) -> speedup.Curve | None:
+    """The mean test accuracy of the finished runs (with their min-max band), and each stopped run."""
+    curve = speedup.mean_curve([r.run for r in runs])
+    if curve is not None:
+        steps = np.array(curve.steps)
+        n = len(curve.runs)
+        ax.plot(
+            steps,
+            100 * np.array(curve.test_acc),
+            color=color,
+            lw=1.6,
+            label=f"{label} (mean of {n} seeds)" if n > 1 else f"{label} (seed {curve.runs[0].seed})",
+        )
+        if band and n > 1:
+            per_run = np.array(
+                [[dict(zip(r.steps, r.test_acc, strict=True))[s] for s in curve.steps] for r in curve.runs]
+            )
+            ax.fill_between(steps, 100 * per_run.min(0), 100 * per_run.max(0), color=color, alpha=0.2, lw=0)
+    for run in runs:
+        if run.stopped_early and run.run.steps:
+            ax.plot(
+                run.run.steps,
+                100 * np.array(run.run.test_acc),
+                color=color,
+                lw=1.0,
+                ls="--",
+                label=f"{label}, {_stop_text(run)}",
+            )
+    return curve
+
+
+def _steps_axis(ax) -> None:
+    ax.set_xlabel("training steps")
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+
+
+def _accuracy_axes(ax, legend_outside: bool) -> None:
+    """Axis labels and legend; a long legend (Fig. 2's variants) goes to the right of the axes."""
+    _steps_axis(ax)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    if legend_outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=8, loc="lower right")
+
+
+def plot_fig1a(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    curves = split_curves(runs, lambda r: r.norm_label)
+    for i, label in enumerate(sorted(curves, key=_norm_order)):
+        _draw_accuracy(ax, label, curves[label], f"C{i}", band=True)
+    ax.set_title(
+        f"Fig. 1(a): {_title(runs)}\ntest accuracy, mean over seeds, band: min-max over seeds", fontsize=10
+    )
+    _accuracy_axes(ax, legend_outside=False)
+    _save(fig, out_dir, stem, report)
+
+
+def _typical_run(runs: Sequence[RunData]) -> RunData | None:
+    """The lowest seed that finished with probe rows, else the lowest seed with any."""
+    probed = [r for r in runs if r.activations]
+    ranked = sorted(probed, key=lambda r: (r.stopped_early, r.seed if r.seed is not None else 0))
+    return ranked[0] if ranked else None
+
+
+def _unit_series(run: RunData) -> tuple[str, int, dict[str, np.ndarray]]:
+    """(layer, unit, {step, p15, p50, p85}) of the first probed unit of the last hidden layer.
+
+    activations.csv lists a step's layers in depth order (model.probe_points()), so the last layer to
+    appear is the last hidden one.
+    """
+    layer = list(dict.fromkeys(r["layer"] for r in run.activations))[-1]
+    unit = next(r["unit"] for r in run.activations if r["layer"] == layer)
+    rows = sorted(
+        (r for r in run.activations if r["layer"] == layer and r["unit"] == unit), key=lambda r: r["step"]
+    )
+    return layer, unit, {k: np.array([r[k] for r in rows]) for k in ("step", "p15", "p50", "p85")}
+
+
+def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> bool:
+    """One panel per norm, shared axes; False (nothing written) when no run has probe rows."""
+    curves = split_curves(runs, lambda r: r.norm_label)
+    panels = [(label, _typical_run(curves[label])) for label in sorted(curves, key=_norm_order)]
+    panels = [(label, run) for label, run in panels if run is not None]
+    if not panels:
+        return False
+    fig = Figure(figsize=(max(4.2 * len(panels), 6.4), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False)[0]
+    described = set()
+    for ax, (label, run) in zip(axes, panels, strict=True):
+        layer, unit, series = _unit_series(run)
+        described.add((layer, unit))
+        for p, style, width in (("p85", "--", 1.0), ("p50", "-", 1.6), ("p15", ":", 1.2)):
+            ax.plot(series["step"], series[p], color="C0", ls=style, lw=width, label=f"{p[1:]}th percentile")
+        note = f", {_stop_text(run)}" if run.stopped_early else f", seed {run.seed}"
+        ax.set_title(("without BN" if label.startswith("no BN") else f"with {label}") + note, fontsize=9)
+        _steps_axis(ax)
+        ax.grid(alpha=0.3)
+    activation = runs[0].config.get("model", {}).get("activation", "nonlinearity")
+    axes[0].set_ylabel(f"input to the {activation}")
+    axes[-1].legend(fontsize=8, loc="best")
+    where = "; ".join(f"unit {u} of {layer} (last hidden layer)" for layer, u in sorted(described))
+    probe = runs[0].config.get("probe", {})
+    probe_text = f"{probe['num_examples']} test images, {probe['mode']} mode" if probe else "the probe set"
+    drawn = _title([run for _, run in panels])
+    fig.suptitle(
+        f"Fig. 1(b,c): {drawn}\n{where}:\n{{15, 50, 85}}th percentiles over {probe_text}", fontsize=10
+    )
+    _save(fig, out_dir, stem, report)
+    return True
+
+
+def plot_fig2(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
+    fig = Figure(figsize=(9.0, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    variants = speedup.group_by_variant([r.run for r in runs])
+    by_dir = {r.run.run_dir: r for r in runs}
+    color = 0
+    for name, group in variants.items():
+        label = VARIANT_LABELS.get(name, name.removeprefix(FIG2_PREFIX))
+        curves = split_curves([by_dir[r.run_dir] for r in group], lambda _run, label=label: label)
+        for curve_label, curve_runs in curves.items():
+            _draw_accuracy(ax, curve_label, curve_runs, f"C{color % 10}", band=False)
+            color += 1
+    # The line is the Fig. 3 target: the best of the baseline's curve as speedup.fig3_table computes it.
+    baseline_curve = speedup.mean_curve(variants.get(speedup.BASELINE, []))
+    if baseline_curve is not None:
+        best = baseline_curve.max_acc
+        ax.axhline(
+            100 * best,
+            color="gray",
+            lw=0.8,
+            ls=":",
+            label=f"{VARIANT_LABELS[speedup.BASELINE]}'s best: {100 * best:.2f}%",
+        )
+    ax.set_title(f"Fig. 2: {_title(runs)}\ntest accuracy of each variant, mean over seeds", fontsize=10)
+    _accuracy_axes(ax, legend_outside=True)
+    _save(fig, out_dir, stem, report)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def write_fig3_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
+    """speedup.fig3_table for these runs as .md and .csv; without a usable baseline, a note instead."""
+    heading = f"**Fig. 3: {_title(runs)}**\n\n"
+    try:
+        rows = speedup.fig3_table([r.run for r in runs])
+    except ValueError as error:
+        note = f"Fig. 3 table for {_title(runs)} not computed: {error}."
+        report.notes.append(note)
+        path = out_dir / f"{stem}.md"
+        path.write_text(heading + note + "\n")
+        report.written.append(path)
+        return
+    md_path, csv_path = speedup.write_fig3(rows, out_dir, stem)
+    md_path.write_text(heading + md_path.read_text())
+    report.written += [md_path, csv_path]
+
+
+def write_summary_csv(runs: Sequence[RunData], out_dir: Path) -> Path:
+    path = out_dir / "summary.csv"
+    ordered = sorted(
+        runs, key=lambda r: (r.experiment_name, r.dataset, _norm_order(r.norm_label), r.seed or 0)
+    )
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        for run in ordered:
+            s = run.summary
+            writer.writerow(
+                {
+                    "experiment_name": run.experiment_name,
+                    "dataset": run.dataset,
+                    "norm": run.norm_kind,
+                    "backward": run.backward,
+                    "seed": run.seed,
+                    "steps": s.get("steps"),
+                    "max_steps": run.max_steps,
+                    "final_test_acc": s.get("final_test_acc"),
+                    "best_test_acc": s.get("best_test_acc"),
+                    "diverged": run.run.diverged,
+                    "status": run.run.status,
+                    "wall_time_s": s.get("wall_time_s"),
+                    "steps_per_s": s.get("steps_per_s"),
+                    "run_dir": os.path.relpath(run.run.run_dir, out_dir),
+                }
+            )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def make_figures(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
+    """Every figure and table the runs in `paths` allow, into `out_dir`; raises NoRunsError without runs."""
+    runs = load_all(paths)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    fig1_runs = [r for r in runs if not r.is_fig2]
+    fig2_runs = [r for r in runs if r.is_fig2]
+    if not fig1_runs:
+        report.notes.append("Fig. 1 skipped: no Fig. 1 runs (every run is a fig2_* one)")
+    for suffix, group in _figure_groups(fig1_runs).items():
+        plot_fig1a(group, out_dir, f"fig1a_test_accuracy_{suffix}", report)
+        if not plot_fig1bc(group, out_dir, f"fig1bc_activations_{suffix}", report):
+            report.notes.append(
+                f"Fig. 1(b,c) for {_title(group)} skipped: no run has {ACTIVATIONS_FILE} rows"
+            )
+    if not fig2_runs:
+        report.notes.append(f"Fig. 2 and the Fig. 3 table skipped: no {FIG2_PREFIX}* runs")
+    for suffix, group in _figure_groups(fig2_runs).items():
+        plot_fig2(group, out_dir, f"fig2_speedup_{suffix}", report)
+        write_fig3_table(group, out_dir, f"fig3_table_{suffix}", report)
+    for run in runs:
+        if run.stopped_early:
+            report.notes.append(f"{run.run.run_dir}: {_stop_text(run)}; drawn alone, left out of the means")
+    report.written.append(write_summary_csv(runs, out_dir))
+    return report
