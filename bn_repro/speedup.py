@@ -1,0 +1,252 @@
+"""Steps to reach the no-BN baseline's best accuracy, and the speedup: the paper's Fig. 3 table.
+
+    runs = load_runs(["multirun/default/2026-01-01_00-00-00"])  # run dirs, or folders holding them
+    rows = fig3_table(runs)                                      # one dict per variant
+    write_fig3(rows, "results")         # results/fig3_table.md and results/fig3_table.csv
+
+Definitions (the paper: "the number of training steps required to reach the maximum accuracy of
+Inception"):
+- A run is one Hydra job's dir (summary.json + metrics.csv). Runs are grouped into variants by
+  `experiment_name`; the seeds of a variant are averaged.
+- A variant's curve is the test accuracy at each evaluation step, averaged over the variant's runs
+  that finished without diverging (at the evaluation steps all of them share). With one seed it is
+  that run's curve. Runs that are still running or failed are left out and counted as `incomplete`.
+- The target is the highest point of the baseline's curve (fig2_inception: no BN, base LR).
+- steps_to_target is the first evaluation step at which a variant's curve is >= the target, None
+  when it never is (the paper's "-"); speedup = the baseline's steps_to_target / the variant's.
+- max_acc is the highest point of the variant's curve.
+- A variant whose runs all diverged has no curve: status "diverged". Diverged seeds of a variant
+  that also has finished ones are counted in `diverged` and left out of its curve.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bn_repro.run_files import METRICS_FILE, SUMMARY_FILE, read_csv
+
+BASELINE = "fig2_inception"
+# The paper's row order (Fig. 3), then fig2_sigmoid; other variants follow alphabetically.
+PAPER_ORDER = (
+    "fig2_inception", "fig2_bn_baseline", "fig2_bn_x5", "fig2_bn_x30", "fig2_bn_x5_sigmoid", "fig2_sigmoid",
+)  # fmt: skip
+FIG3_COLUMNS = (
+    "variant", "lr", "runs", "diverged", "incomplete", "status", "target_acc", "steps_to_target", "speedup",
+    "max_acc", "max_acc_step", "steps_to_target_per_seed", "best_acc_per_seed",
+)  # fmt: skip
+FIG3_FILE_STEM = "fig3_table"
+
+
+@dataclass(frozen=True)
+class Run:
+    run_dir: Path
+    experiment_name: str
+    seed: int | None
+    lr: float | None
+    status: str  # summary.json's: running | finished | diverged | failed
+    steps: tuple[int, ...]
+    test_acc: tuple[float, ...]
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A variant's seed-averaged test accuracy at its evaluation steps."""
+
+    steps: tuple[int, ...]
+    test_acc: tuple[float, ...]
+    runs: tuple[Run, ...]
+
+    @property
+    def max_acc(self) -> float:
+        return max(self.test_acc)
+
+    @property
+    def max_acc_step(self) -> int:
+        return self.steps[self.test_acc.index(self.max_acc)]
+
+
+def steps_to_target(steps: Sequence[int], test_acc: Sequence[float], target: float) -> int | None:
+    """The first evaluation step whose accuracy is >= target; None if none is."""
+    for step, acc in zip(steps, test_acc, strict=True):
+        if acc >= target:
+            return step
+    return None
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Each path that holds a summary.json, and every folder below the others that does."""
+    found: set[Path] = set()
+    for path in map(Path, paths):
+        if (path / SUMMARY_FILE).is_file():
+            found.add(path)
+        elif path.is_dir():
+            found.update(p.parent for p in path.rglob(SUMMARY_FILE))
+        else:
+            raise FileNotFoundError(f"{path} is neither a run dir nor a folder of run dirs")
+    return sorted(found)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    metrics_path = run_dir / METRICS_FILE
+    rows = read_csv(metrics_path) if metrics_path.exists() else []
+    points = [(int(r["step"]), float(r["test_acc"])) for r in rows]
+    config = summary.get("config", {})
+    return Run(
+        run_dir=run_dir,
+        experiment_name=summary["experiment_name"],
+        seed=config.get("seed"),
+        lr=config.get("optim", {}).get("lr"),
+        status=summary["status"],
+        steps=tuple(s for s, _ in points),
+        test_acc=tuple(a for _, a in points),
+    )
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """The runs in `paths` (run dirs, or folders searched for them: a sweep dir, a results tree)."""
+    runs = [load_run(d) for d in find_run_dirs(paths)]
+    if not runs:
+        raise FileNotFoundError(f"no {SUMMARY_FILE} found in {', '.join(map(str, paths))}")
+    return runs
+
+
+def group_by_variant(runs: Iterable[Run], baseline: str = BASELINE) -> dict[str, list[Run]]:
+    """Runs by experiment_name: the baseline first, then PAPER_ORDER, then the others alphabetically."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.experiment_name, []).append(run)
+    order = {name: i for i, name in enumerate((baseline, *PAPER_ORDER))}
+    return dict(sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+def mean_curve(runs: Sequence[Run]) -> Curve | None:
+    """The seed-averaged curve of the finished runs; None when no run finished."""
+    finished = [r for r in runs if r.status == "finished" and r.steps]
+    if not finished:
+        return None
+    shared = set(finished[0].steps).intersection(*(r.steps for r in finished[1:]))
+    steps = tuple(sorted(shared))
+    per_run = [dict(zip(r.steps, r.test_acc, strict=True)) for r in finished]
+    acc = tuple(math.fsum(points[s] for points in per_run) / len(per_run) for s in steps)
+    return Curve(steps=steps, test_acc=acc, runs=tuple(finished))
+
+
+def fig3_table(
+    runs_or_paths: Iterable[Run | str | Path], baseline: str = BASELINE, target: float | None = None
+) -> list[dict[str, Any]]:
+    """One row per variant (columns FIG3_COLUMNS), the baseline first.
+
+    `runs_or_paths`: Run objects or paths for `load_runs`. `target` replaces the baseline's best
+    accuracy as the accuracy to reach (the baseline must still be present: it anchors the speedup).
+    """
+    items = list(runs_or_paths)
+    paths = [p for p in items if not isinstance(p, Run)]
+    runs = [r for r in items if isinstance(r, Run)] + (load_runs(paths) if paths else [])
+    groups = group_by_variant(runs, baseline)
+    if baseline not in groups:
+        raise ValueError(f"no runs of the baseline {baseline!r}; variants found: {', '.join(groups)}")
+    curves = {name: mean_curve(group) for name, group in groups.items()}
+    if curves[baseline] is None:
+        statuses = ", ".join(f"{r.run_dir}: {r.status}" for r in groups[baseline])
+        raise ValueError(f"the baseline {baseline!r} has no finished run to set the target ({statuses})")
+    if target is None:
+        target = curves[baseline].max_acc
+    baseline_steps = steps_to_target(curves[baseline].steps, curves[baseline].test_acc, target)
+
+    rows = []
+    for name, group in groups.items():
+        curve = curves[name]
+        lrs = sorted({r.lr for r in group if r.lr is not None})
+        row: dict[str, Any] = {
+            "variant": name,
+            "lr": lrs[0] if len(lrs) == 1 else ";".join(map(str, lrs)),
+            "runs": len(group),
+            "diverged": sum(r.diverged for r in group),
+            "incomplete": sum(r.status not in ("finished", "diverged") for r in group),
+            "target_acc": target,
+            "steps_to_target": None,
+            "speedup": None,
+            "max_acc": None,
+            "max_acc_step": None,
+            "steps_to_target_per_seed": [],
+            "best_acc_per_seed": [],
+        }
+        if curve is None:
+            row["status"] = "diverged" if row["diverged"] else "incomplete"
+            rows.append(row)
+            continue
+        steps = steps_to_target(curve.steps, curve.test_acc, target)
+        row.update(
+            status="reached" if steps is not None else "not reached",
+            steps_to_target=steps,
+            speedup=baseline_steps / steps if steps and baseline_steps is not None else None,
+            max_acc=curve.max_acc,
+            max_acc_step=curve.max_acc_step,
+            steps_to_target_per_seed=[steps_to_target(r.steps, r.test_acc, target) for r in curve.runs],
+            best_acc_per_seed=[max(r.test_acc) for r in curve.runs],
+        )
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> Any:
+    """CSV cell: None is empty, a per-seed list is ';'-joined (empty items for seeds that never reached)."""
+    if isinstance(value, list):
+        return ";".join("" if v is None else str(v) for v in value)
+    return "" if value is None else value
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def fig3_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table as the paper prints it: steps to the target, speedup, max accuracy (baseline row first)."""
+    target = rows[0]["target_acc"]
+    lines = [
+        f"Steps to reach {_percent(target)} test accuracy (the best of {rows[0]['variant']}; paper Fig. 3).",
+        "",
+        f"| variant | LR | runs | steps to {_percent(target)} | speedup | max acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        runs = str(row["runs"])
+        notes = [f"{row[k]} {k}" for k in ("diverged", "incomplete") if row[k]]
+        if notes:
+            runs += f" ({', '.join(notes)})"
+        if row["status"] in ("diverged", "incomplete"):
+            steps = row["status"]
+        else:
+            steps = "-" if row["steps_to_target"] is None else f"{row['steps_to_target']:,}"
+        speedup = "-" if row["speedup"] is None else f"{row['speedup']:.1f}x"
+        max_acc = _percent(row["max_acc"])
+        lines.append(f"| {row['variant']} | {row['lr']} | {runs} | {steps} | {speedup} | {max_acc} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_fig3(
+    rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str = FIG3_FILE_STEM
+) -> tuple[Path, Path]:
+    """Write `stem`.md and `stem`.csv into out_dir; per-seed lists become ';'-joined cells."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    md_path.write_text(fig3_markdown(rows))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIG3_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _cell(row[key]) for key in FIG3_COLUMNS})
+    return md_path, csv_path

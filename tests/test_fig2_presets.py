@@ -1,0 +1,105 @@
+"""The Fig. 2 presets: one per curve, related to each other as the paper's variants are."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import CONFIG_DIR, REPO, SMOKE, compose_config
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from bn_repro.speedup import PAPER_ORDER, fig3_table
+
+FIG2 = set(PAPER_ORDER)
+
+
+def _resolved(experiment: str) -> dict:
+    return OmegaConf.to_container(compose_config([f"experiment={experiment}"]), resolve=True)
+
+
+def _differences(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return {d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")}
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def test_the_sweep_glob_selects_exactly_the_six_curves():
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            options = GlobalHydra.instance().config_loader().get_group_options("experiment")
+    finally:
+        GlobalHydra.instance().clear()
+    glob = OverridesParser.create().parse_override("experiment=glob(fig2_*)").value()
+    assert set(glob.filter(options)) == FIG2
+
+
+@pytest.mark.parametrize("experiment", sorted(FIG2))
+def test_every_curve_is_the_inception_net_on_cifar10_with_sgd_momentum_and_exponential_decay(experiment):
+    cfg = _resolved(experiment)
+    assert cfg["experiment_name"] == experiment
+    assert cfg["data"]["name"] == "cifar10" and cfg["data"]["batch_size"] == 32
+    assert cfg["model"]["name"] == "inception"
+    assert cfg["optim"]["name"] == "sgd" and cfg["optim"]["momentum"] > 0
+    assert cfg["optim"]["schedule"]["name"] == "exponential"
+
+
+def test_learning_rates_are_the_papers_multiples_of_the_base():
+    base = _resolved("fig2_inception")["optim"]["lr"]
+    multiples = {"fig2_bn_baseline": 1, "fig2_bn_x5": 5, "fig2_bn_x30": 30, "fig2_bn_x5_sigmoid": 5,
+                 "fig2_sigmoid": 1}  # fmt: skip
+    for experiment, multiple in multiples.items():
+        assert _resolved(experiment)["optim"]["lr"] == pytest.approx(multiple * base), experiment
+
+
+def test_inception_baseline_has_no_bn_and_the_originals_regularisers():
+    cfg = _resolved("fig2_inception")
+    assert cfg["norm"]["kind"] == "none" and cfg["model"]["activation"] == "relu"
+    assert cfg["model"]["dropout"] > 0 and cfg["model"]["lrn"] is True and cfg["optim"]["weight_decay"] > 0
+
+
+def test_bn_x5_applies_the_section_4_2_1_changes():
+    inception, x5 = _resolved("fig2_inception"), _resolved("fig2_bn_x5")
+    assert x5["norm"]["kind"] == "builtin"
+    assert x5["model"]["dropout"] == 0 and x5["model"]["lrn"] is False
+    assert x5["optim"]["weight_decay"] == pytest.approx(inception["optim"]["weight_decay"] / 5)
+    assert inception["optim"]["schedule"]["decay_steps"] == 6 * x5["optim"]["schedule"]["decay_steps"]
+    assert x5["optim"]["schedule"]["decay_rate"] == inception["optim"]["schedule"]["decay_rate"]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "reference", "allowed"),
+    [
+        # BN-Baseline is Inception with BN, everything else the same.
+        ("fig2_bn_baseline", "fig2_inception", {"norm.kind", "norm.eps", "norm.momentum"}),
+        ("fig2_bn_x30", "fig2_bn_x5", {"optim.lr"}),
+        ("fig2_bn_x5_sigmoid", "fig2_bn_x5", {"model.activation"}),
+        ("fig2_sigmoid", "fig2_inception", {"model.activation"}),
+    ],
+)
+def test_variants_differ_from_their_reference_only_where_the_paper_says(experiment, reference, allowed):
+    diffs = _differences(_resolved(experiment), _resolved(reference)) - {"experiment_name"}
+    assert diffs and diffs <= allowed
+
+
+@pytest.mark.slow
+def test_the_sweep_runs_the_six_curves_and_tabulates_them(tmp_path):
+    sweep = tmp_path / "sweep"
+    # ++: the sweep is set up on the primary config (model=mlp, no width key) before each job composes.
+    tiny = [*SMOKE, "data.synthetic.shape=cifar", "++model.width=0.25", "trainer.max_steps=4",
+            "trainer.eval_every=2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bn_repro.train", "-m", "experiment=glob(fig2_*)", *tiny],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert sorted(s["experiment_name"] for s in summaries) == sorted(FIG2)
+    rows = fig3_table([sweep])
+    assert [r["variant"] for r in rows] == list(PAPER_ORDER)
