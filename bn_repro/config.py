@@ -37,10 +37,22 @@ def _positive(cfg: Mapping[str, Any], dotted: str, allow_zero: bool = False) -> 
         raise ConfigError(f"{dotted}={value!r} is not valid; expected an integer >= {low}")
 
 
+def _flag(cfg: Mapping[str, Any], dotted: str, also: tuple[str, ...] = ()) -> None:
+    """true or false (YAML booleans, not 0/1), or one of the strings in `also`."""
+    value: Any = cfg
+    for key in dotted.split("."):
+        value = value[key]
+    if not isinstance(value, bool) and value not in also:
+        choices = ", ".join(("true", "false", *also))
+        raise ConfigError(f"{dotted}={value!r} is not valid; valid choices: {choices}")
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
+    from bn_repro.accel import PRECISIONS
     from bn_repro.data import DATASETS
     from bn_repro.models import MODELS
     from bn_repro.models.layers import ACTIVATIONS, NORM_KINDS
+    from bn_repro.tracking import LOGGERS, WANDB_MODES
 
     _choice(cfg, "data.name", DATASETS)
     _choice(cfg, "model.name", MODELS)
@@ -53,6 +65,15 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "optim.schedule.name", SCHEDULES)
     _choice(cfg, "trainer.device", DEVICES)
     _choice(cfg, "probe.mode", PROBE_MODES)
+    if "logger" in cfg:
+        _choice(cfg, "logger.name", LOGGERS)
+        if cfg["logger"]["name"] == "wandb":
+            _choice(cfg, "logger.mode", WANDB_MODES)  # its default comes from WANDB_MODE
+            _positive(cfg, "logger.init_timeout_s")
+    _choice(cfg, "trainer.precision", PRECISIONS)
+    _flag(cfg, "trainer.channels_last", also=("auto",))
+    _flag(cfg, "trainer.compile")
+    _flag(cfg, "data.augment")
     for key in ("data.batch_size", "trainer.max_steps", "trainer.eval_every", "trainer.log_every",
                 "trainer.eval_batch_size", "probe.num_examples", "optim.schedule.decay_steps"):  # fmt: skip
         _positive(cfg, key)

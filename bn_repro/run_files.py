@@ -48,6 +48,16 @@ class CsvLog:
         self._file.close()
 
 
+class NullLog:
+    """Stands in for a CsvLog on processes that must not write (DDP ranks other than 0)."""
+
+    def write(self, rows) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -27,6 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from bn_repro import distributed
+from bn_repro.accel import FastPath
+from bn_repro.augment import RandomCropFlip
 from bn_repro.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -46,10 +49,12 @@ from bn_repro.run_files import (
     METRICS_FILE,
     SUMMARY_FILE,
     CsvLog,
+    NullLog,
     git_commit,
     truncate_rows_after,
     write_json_atomic,
 )
+from bn_repro.tracking import open_tracker
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,17 +161,24 @@ def _check_run_dir(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | No
 def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
     """Train per `cfg`, write the run files into `run_dir`, and return the summary.
 
-    A run dir holding a checkpoint (trainer.checkpoint_every > 0) is resumed from it.
+    A run dir holding a checkpoint (trainer.checkpoint_every > 0) is resumed from it. Under torchrun every
+    rank calls this; rank 0 alone writes.
     """
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     validate_config(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    replicas = distributed.init_replicas()
+    distributed.check_batch_split(config["data"]["batch_size"], replicas)
     resume = _check_run_dir(run_dir, config)
+    if replicas.active:
+        torch.distributed.barrier()  # every rank has looked at the run dir before rank 0 writes to it
     trainer, data_cfg = config["trainer"], config["data"]
     started = time.perf_counter()
 
     device = resolve_device(trainer["device"])
+    if replicas.active and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(config["seed"], trainer["deterministic"])
     data = load_dataset(
         data_cfg["name"], data_cfg["root"], device,
@@ -174,10 +186,21 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         synthetic=data_cfg.get("synthetic"),
     )  # fmt: skip
     model = build_model(config["model"], config["norm"], data.input_shape, data.num_classes).to(device)
+    if replicas.active:
+        model = distributed.synchronize_batch_norm(model, device)
+    fast = FastPath.from_config(trainer, device, model)
+    fast.prepare(model)
+    # `net` runs the training steps (DDP-wrapped under torchrun, compiled with trainer.compile); evaluation
+    # and probes use `model`.
+    net = fast.compiled(distributed.wrap(model, device) if replicas.active else model)
     optimizer = build_optimizer(model, config["optim"])
     scheduler = build_scheduler(optimizer, config["optim"]["schedule"])
     generator = torch.Generator().manual_seed(config["seed"])
     batches = EpochBatches(len(data.train_y), data_cfg["batch_size"], generator, device)
+    # Crops and flips draw from their own generator (one stream per replica), on the data's device.
+    augment = None
+    if data_cfg["augment"]:
+        augment = RandomCropFlip(seed=config["seed"] + replicas.rank, device=device)
     window = _Window(device)
 
     probe_cfg = config["probe"]
@@ -194,8 +217,13 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         "train_time_s": 0.0,
         "steps_per_s": None,
         "diverged": False,
+        # BN statistics depend on the batch each replica normalises (global with synchronized BN).
         "batch_size": data_cfg["batch_size"],
+        "global_batch_size": data_cfg["batch_size"],
+        "per_replica_batch_size": data_cfg["batch_size"] // replicas.world_size,
+        "world_size": replicas.world_size,
         "num_params": sum(p.numel() for p in model.parameters()),
+        "fast_path": fast.describe(),
         "provenance": {
             "git_commit": git_commit(),
             "torch_version": torch.__version__,
@@ -214,6 +242,8 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         batches.load_state_dict(resume["batches"])
         window.load_state_dict(resume["window"])
         set_rng_states(resume["rng"])
+        if augment is not None:
+            augment.load_state_dict(resume["augment"])
         start_step = resume["step"]
         kept = {k: resume["summary"][k] for k in ("final_test_acc", "best_test_acc", "steps", "wall_time_s",
                                                   "train_time_s", "diverged")}  # fmt: skip
@@ -222,8 +252,15 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         truncate_rows_after(run_dir / METRICS_FILE, start_step)
         truncate_rows_after(run_dir / ACTIVATIONS_FILE, start_step)
 
-    metrics_log = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
-    activations_log = CsvLog(run_dir / ACTIVATIONS_FILE, ACTIVATIONS_COLUMNS)
+    if replicas.is_main:
+        metrics_log = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
+        activations_log = CsvLog(run_dir / ACTIVATIONS_FILE, ACTIVATIONS_COLUMNS)
+    else:
+        metrics_log = activations_log = NullLog()
+
+    def write_summary() -> None:
+        if replicas.is_main:
+            write_json_atomic(run_dir / SUMMARY_FILE, summary)
 
     def probe_forward():
         model.train(probe_cfg["mode"] == "train")
@@ -232,6 +269,9 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         finally:
             model.train()
 
+    # logger=wandb mirrors the run into one wandb run (rank 0 only); finished in the `finally` below.
+    tracker = open_tracker(config, run_dir, enabled=replicas.is_main, resume=resume is not None)
+    summary["wandb"] = tracker.info()
     max_steps, eval_every, log_every = trainer["max_steps"], trainer["eval_every"], trainer["log_every"]
     checkpoint_every = trainer["checkpoint_every"]
     summary["setup_s"] = round(time.perf_counter() - started, 3)
@@ -250,11 +290,14 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         probed = probe.measure(probe_forward)
         nan = float("nan")
         examples = window.steps * data_cfg["batch_size"]
+        # Each rank saw its share of every batch: the window's loss and accuracy are those of all ranks.
+        mean_loss = distributed.sum_over_replicas(window.loss, replicas).item() / replicas.world_size
+        correct = distributed.sum_over_replicas(window.correct, replicas).item()
         row = {
             "step": step,
             "epoch": batches.epoch,
-            "train_loss": window.loss.item() / window.steps if window.steps else nan,
-            "train_acc": window.correct.item() / examples if examples else nan,
+            "train_loss": mean_loss / window.steps if window.steps else nan,
+            "train_acc": correct / examples if examples else nan,
             "test_loss": test_loss,
             "test_acc": test_acc,
             "lr": optimizer.param_groups[0]["lr"],
@@ -263,32 +306,40 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         }
         metrics_log.write(row)
         activations_log.write([{"step": step, **r} for r in probed.rows])
+        tracker.log_eval(row, probed)
         best = summary["best_test_acc"]
         summary.update(steps=step, best_test_acc=test_acc if best is None else max(best, test_acc),
                        final_test_acc=test_acc, wall_time_s=row["wall_time_s"])  # fmt: skip
-        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        write_summary()
         progress.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_acc:.4f}", refresh=False)
         window.__init__(device)
         return row
 
     def checkpoint(step: int) -> None:
+        if not replicas.is_main:
+            return
         save_checkpoint(run_dir / CHECKPOINT_FILE, {
             "step": step, "config": config, "summary": summary, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "batches": batches.state_dict(), "window": window.state_dict(), "rng": rng_states(),
+            "augment": augment.state_dict() if augment is not None else None,
         })  # fmt: skip
 
     try:
         if resume is None:
             record(0)
-        model.train()
+        net.train()
         for step in range(start_step + 1, max_steps + 1):
             if summary["diverged"]:
                 break
             idx = next(batches)
-            x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            if replicas.active:
+                idx = distributed.local_share(idx, replicas)
+            images = data.train_x[idx]
+            x, y = data.normalize(augment(images) if augment is not None else images), data.train_y[idx]
+            with fast.autocast():
+                logits = net(fast.input(x))
+                loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -300,7 +351,7 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
             if step % log_every == 0 or step == max_steps:
                 progress.update(step - progress.n)
                 # Reading the loss back forces a device sync, so divergence is checked once a period.
-                if not math.isfinite(window.loss.item()):
+                if not math.isfinite(distributed.sum_over_replicas(window.loss, replicas).item()):
                     summary["diverged"] = evaluate_now = True
             if evaluate_now:
                 record(step)
@@ -327,12 +378,14 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         metrics_log.close()
         activations_log.close()
         summary["total_time_s"] = round(time.perf_counter() - started, 3)
-        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        write_summary()
+        tracker.log_summary(summary)
+        tracker.finish(exit_code=1 if summary["status"] == "failed" else 0)
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = train(cfg, run_dir)
     print(
@@ -342,6 +395,12 @@ def main(cfg: DictConfig) -> float | None:
     )
     # A returned number lets Hydra sweepers (e.g. Optuna) optimise it.
     return summary["final_test_acc"]
+
+
+def main() -> None:
+    """Console entry point (`bn-repro-train`): under torchrun, agree on one run dir before Hydra starts."""
+    distributed.share_run_stamp()
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ from typing import Any
 
 from torch import nn
 
+from bn_repro.models.inception import Inception
 from bn_repro.models.mlp import MLP
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP}
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "inception": Inception}
 
 
 def build_model(

@@ -1,0 +1,107 @@
+"""Data-parallel training across processes started by torchrun (DDP).
+
+    torchrun --standalone --nproc_per_node=2 -m bn_repro.train data=synthetic norm=custom
+
+Each rank takes its share of every global batch (data.batch_size is the global batch); gradients are
+averaged by DDP; the custom BatchNorm all-reduces its per-channel sums so its statistics are those of the
+global batch, and built-in BN becomes nn.SyncBatchNorm on GPU. Only rank 0 writes files and logs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+RUN_STAMP_ENV = "BN_REPRO_RUN_STAMP"
+
+
+@dataclass(frozen=True)
+class Replicas:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_replicas() -> Replicas:
+    """Join the process group torchrun describes in the environment (once); a single process otherwise."""
+    if not launched_by_torchrun():
+        return Replicas()
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # gloo for CPU tensors and objects, nccl for CUDA tensors.
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return Replicas(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def share_run_stamp() -> None:
+    """Give every rank rank 0's timestamp, so Hydra resolves the same run dir on all of them."""
+    if not launched_by_torchrun() or RUN_STAMP_ENV in os.environ:
+        return
+    init_replicas()
+    stamp = [datetime.now().strftime("%Y-%m-%d_%H-%M-%S")]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ[RUN_STAMP_ENV] = stamp[0]
+
+
+def local_share(global_batch: torch.Tensor, replicas: Replicas) -> torch.Tensor:
+    per_rank = len(global_batch) // replicas.world_size
+    return global_batch[replicas.rank * per_rank : (replicas.rank + 1) * per_rank]
+
+
+def check_batch_split(batch_size: int, replicas: Replicas) -> None:
+    if batch_size % replicas.world_size:
+        raise ValueError(
+            f"data.batch_size={batch_size} does not split evenly over {replicas.world_size} processes; "
+            f"choose a global batch that is a multiple of the process count"
+        )
+
+
+def sum_over_replicas(tensor: torch.Tensor, replicas: Replicas) -> torch.Tensor:
+    if replicas.active:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def synchronize_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Batch statistics over the global batch: custom BN all-reduces, built-in BN becomes SyncBatchNorm."""
+    from bn_repro.norm import BatchNorm
+
+    for module in model.modules():
+        if isinstance(module, BatchNorm):
+            module.process_group = dist.group.WORLD
+    has_builtin = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_builtin and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if has_builtin:
+        warnings.warn(
+            "nn.SyncBatchNorm needs CUDA: on the CPU built-in BN normalises each replica's share of the "
+            "batch on its own. Use norm=custom for synchronized statistics on the CPU.",
+            stacklevel=2,
+        )
+    return model
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    if device.type != "cuda":
+        return nn.parallel.DistributedDataParallel(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
