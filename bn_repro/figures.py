@@ -17,6 +17,9 @@ figure, named after its dataset (plus `_<steps>steps` when a dataset has runs of
   unit of the last hidden layer, one panel per norm on shared axes (the paper's Fig. 1(b,c)). The unit
   is the first probed one (probe.units[0]), the run the lowest seed that finished (else the lowest
   seed): one run, as the paper draws one, not a mean over seeds.
+- fig1_table_<dataset>.md/.csv: per norm, final and best test accuracy (mean and std over the seeds
+  that finished) and the steps the mean curve needs to reach the no-BN curve's best accuracy, with
+  the speedup that gives (the Fig. 3 measure applied to Fig. 1).
 - fig2_speedup_<dataset>: test accuracy vs steps for each fig2_* variant present (mean over finished
   seeds), with the no-BN baseline's best accuracy (the Fig. 3 target) as a horizontal line.
 - fig3_table_<dataset>.md/.csv: bn_repro/speedup.py's steps-to-target table for those runs.
@@ -67,6 +70,10 @@ CURVE_SETTINGS = ("optim.", "model.", "data.batch_size", "data.augment")
 SUMMARY_COLUMNS = (
     "experiment_name", "dataset", "norm", "backward", "seed", "steps", "max_steps", "final_test_acc",
     "best_test_acc", "diverged", "status", "wall_time_s", "steps_per_s", "run_dir",
+)  # fmt: skip
+FIG1_COLUMNS = (
+    "curve", "runs", "finished", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
+    "target_acc", "steps_to_target", "speedup",
 )  # fmt: skip
 IMAGE_FORMATS = ("png", "pdf")
 PNG_DPI = 150
@@ -419,6 +426,73 @@ def write_fig3_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: 
     report.written += [md_path, csv_path]
 
 
+def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    """One row per Fig. 1 curve (FIG1_COLUMNS); the target is the best accuracy of the no-BN mean curve."""
+    curves = split_curves(runs, lambda r: r.norm_label)
+    labels = sorted(curves, key=_norm_order)
+    means = {label: speedup.mean_curve([r.run for r in curves[label]]) for label in labels}
+    baseline = means.get("no BN")
+    target = baseline.max_acc if baseline else None
+    base_steps = speedup.steps_to_target(baseline.steps, baseline.test_acc, target) if baseline else None
+    rows = []
+    for label in labels:
+        finished = [r for r in curves[label] if not r.stopped_early]
+        final = np.array([r.summary["final_test_acc"] for r in finished], dtype=float)
+        best = np.array([r.summary["best_test_acc"] for r in finished], dtype=float)
+        curve = means[label]
+        steps = speedup.steps_to_target(curve.steps, curve.test_acc, target) if curve and target else None
+        rows.append({
+            "curve": label,
+            "runs": len(curves[label]),
+            "finished": len(finished),
+            "final_acc_mean": final.mean() if len(final) else None,
+            "final_acc_std": final.std(ddof=1) if len(final) > 1 else None,
+            "best_acc_mean": best.mean() if len(best) else None,
+            "best_acc_std": best.std(ddof=1) if len(best) > 1 else None,
+            "target_acc": target,
+            "steps_to_target": steps,
+            # A curve reaching the target at step 0 has no finite speedup: left empty.
+            "speedup": base_steps / steps if base_steps and steps else None,
+        })  # fmt: skip
+    return rows
+
+
+def write_fig1_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
+    rows = fig1_rows(runs)
+
+    def pct(mean, std):
+        if mean is None:
+            return "-"
+        return f"{100 * mean:.2f}%" + (f" +- {100 * std:.2f}" if std is not None else "")
+
+    target = rows[0]["target_acc"] if rows else None
+    lines = [
+        f"**Fig. 1 numbers: {_title(runs)}**",
+        "",
+        "| curve | seeds (finished) | final test acc | best test acc | steps to "
+        + (f"{100 * target:.2f}% (no-BN best)" if target else "the no-BN best (no no-BN runs)")
+        + " | speedup |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        steps, gain = row["steps_to_target"], row["speedup"]
+        lines.append(
+            f"| {row['curve']} | {row['runs']} ({row['finished']}) "
+            f"| {pct(row['final_acc_mean'], row['final_acc_std'])} "
+            f"| {pct(row['best_acc_mean'], row['best_acc_std'])} "
+            f"| {f'{steps:,}' if steps is not None else '-'} "
+            f"| {f'{gain:.1f}x' if gain else '-'} |"
+        )
+    lines += ["", "Mean +- sample std over the seeds that finished; steps read from the seed-mean curve."]
+    md_path, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    md_path.write_text("\n".join(lines) + "\n")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIG1_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    report.written += [md_path, csv_path]
+
+
 def write_summary_csv(runs: Sequence[RunData], out_dir: Path) -> Path:
     path = out_dir / "summary.csv"
     ordered = sorted(
@@ -465,6 +539,7 @@ def make_figures(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
         report.notes.append("Fig. 1 skipped: no Fig. 1 runs (every run is a fig2_* one)")
     for suffix, group in _figure_groups(fig1_runs).items():
         plot_fig1a(group, out_dir, f"fig1a_test_accuracy_{suffix}", report)
+        write_fig1_table(group, out_dir, f"fig1_table_{suffix}", report)
         if not plot_fig1bc(group, out_dir, f"fig1bc_activations_{suffix}", report):
             report.notes.append(
                 f"Fig. 1(b,c) for {_title(group)} skipped: no run has {ACTIVATIONS_FILE} rows"

@@ -287,3 +287,23 @@ def test_runs_of_different_settings_are_separate_curves(tmp_path):
         "BN (custom, explicit) [optim.lr=0.1]": [0],
         "no BN [optim.lr=0.01]": [0],
     }
+
+
+def test_fig1_table_matches_the_fixture(made):
+    out, _ = made
+    rows = {r["curve"]: r for r in read_csv(out / "fig1_table_fashion_mnist.csv")}
+    assert set(rows) == {"no BN", "BN (builtin)"}
+    curves = {
+        norm: np.mean([accuracy_curve(FIG1_STEPS, ceiling, 400.0 + 50 * seed) for seed in (0, 1)], axis=0)
+        for norm, ceiling in (("none", 0.85), ("builtin", 0.88))
+    }
+    target = curves["none"].max()
+    assert float(rows["no BN"]["target_acc"]) == pytest.approx(target)
+    reached = {n: FIG1_STEPS[np.flatnonzero(c >= target)[0]] for n, c in curves.items()}
+    assert int(rows["no BN"]["steps_to_target"]) == reached["none"]
+    assert int(rows["BN (builtin)"]["steps_to_target"]) == reached["builtin"]
+    assert float(rows["BN (builtin)"]["speedup"]) == pytest.approx(reached["none"] / reached["builtin"])
+    finals = [accuracy_curve(FIG1_STEPS, 0.88, 400.0 + 50 * seed)[-1] for seed in (0, 1)]
+    assert float(rows["BN (builtin)"]["final_acc_mean"]) == pytest.approx(np.mean(finals))
+    assert float(rows["BN (builtin)"]["final_acc_std"]) == pytest.approx(np.std(finals, ddof=1))
+    assert "(no-BN best)" in (out / "fig1_table_fashion_mnist.md").read_text()
