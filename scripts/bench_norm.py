@@ -17,7 +17,7 @@ block is bracketed by torch.cuda.synchronize().
 Heap warm-up (CPU, on unless --no-warm-heap): glibc returns freed memory at the top of the heap to
 the kernel once more than twice its mmap threshold is free, and that threshold starts at 128 KiB
 and only grows when a larger block is freed. In a fresh process a step's input-sized tensors can
-then be page-faulted back in on every step, which on a VM costs up to ~1 ms per MiB and depends
+then be page-faulted back in on every step, which on this VM costs 0.3 ms per MiB or more and depends
 on the order of earlier allocations, not on the implementation. Allocating and freeing one 16 MiB
 block first raises the threshold, as any training process that has held larger tensors has.
 """
@@ -31,6 +31,11 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import torch
 from torch import nn
@@ -69,13 +74,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_block(step: Callable[[], None], iters: int, device: torch.device) -> float:
+def minor_faults() -> int:
+    """Page faults of this process so far (0 where the platform does not count them)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def time_block(step: Callable[[], None], iters: int, device: torch.device) -> tuple[float, float]:
+    """Seconds and page faults per step."""
     sync(device)
+    faults = minor_faults()
     start = time.perf_counter()
     for _ in range(iters):
         step()
     sync(device)
-    return (time.perf_counter() - start) / iters
+    return (time.perf_counter() - start) / iters, (minor_faults() - faults) / iters
 
 
 def bench_shape(
@@ -88,14 +100,17 @@ def bench_shape(
     for step in steps.values():
         time_block(step, warmup, device)
     if iters is None:
-        per_step = time_block(steps["builtin"], warmup, device)
+        per_step, _ = time_block(steps["builtin"], warmup, device)
         iters = max(1, min(1000, round(0.02 / per_step)))
 
     times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+    faults: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
     for r in range(repeats):
         order = IMPLEMENTATIONS[r % len(IMPLEMENTATIONS) :] + IMPLEMENTATIONS[: r % len(IMPLEMENTATIONS)]
         for name in order:
-            times[name].append(time_block(steps[name], iters, device))
+            seconds, step_faults = time_block(steps[name], iters, device)
+            times[name].append(seconds)
+            faults[name].append(step_faults)
 
     rows = []
     for name in IMPLEMENTATIONS:
@@ -112,6 +127,7 @@ def bench_shape(
                 "ratio_to_builtin": statistics.median(ratios),
                 "repeats": repeats,
                 "iters_per_block": iters,
+                "page_faults_per_step": statistics.median(faults[name]),
             }
         )
     return rows
@@ -145,13 +161,14 @@ def load_average() -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| device | shape | impl | median us | IQR us | ratio to builtin |",
-        "|---|---|---|---:|---:|---:|",
+        "| device | shape | impl | median us | IQR us | ratio to builtin | page faults/step |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['device']} | {row['shape']} | {row['impl']} | {row['median_us']:.1f} | "
-            f"{row['q1_us']:.1f}-{row['q3_us']:.1f} | {row['ratio_to_builtin']:.2f} |"
+            f"{row['q1_us']:.1f}-{row['q3_us']:.1f} | {row['ratio_to_builtin']:.2f} | "
+            f"{row['page_faults_per_step']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -430,3 +430,28 @@ def test_bfloat16_input_with_float32_parameters_like_torch(backward):
     ref.eval()
     ours.eval()
     torch.testing.assert_close(ours(x), ref(x))
+
+
+@pytest.fixture
+def single_rank_group(tmp_path):
+    """A one-process gloo group: exercises the synchronized-statistics code path without a launcher."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed and no process group already set up")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backward", BACKWARDS)
+@pytest.mark.parametrize("shape", [(6, 4), (4, 4, 3, 2)], ids=["2d", "4d"])
+def test_process_group_of_one_matches_torch(shape, backward, single_rank_group):
+    ref, ours = make_pair(shape, backward)
+    ours.process_group = single_rank_group
+    for step in range(2):
+        assert_same_step(ref, ours, batch(shape, step), step)
+    assert_same_buffers(ref, ours)
+    assert "process_group" not in ours.state_dict()
