@@ -113,7 +113,16 @@ def population_stats_accuracy(model, data, batches: EpochBatches, num_batches: i
     """Test accuracy with BN population statistics recomputed per Algorithm 2, on a copy of the model."""
     from bn_repro.norm import recompute_population_statistics
 
-    probe_model = copy.deepcopy(model)
+    # A process group cannot be copied, and the copy needs none: every rank recomputes on the same
+    # full batches, so there are no statistics to share across ranks.
+    groups = {m: m.process_group for m in model.modules() if getattr(m, "process_group", None) is not None}
+    for module in groups:
+        module.process_group = None
+    try:
+        probe_model = copy.deepcopy(model)
+    finally:
+        for module, group in groups.items():
+            module.process_group = group
     sampler = copy.deepcopy(batches)  # leaves the training batch order untouched
     inputs = (data.normalize(data.train_x[idx]) for idx in itertools.islice(sampler, num_batches))
     recompute_population_statistics(probe_model, inputs, num_batches)

@@ -51,6 +51,14 @@ def test_two_processes_match_one_with_synchronized_custom_bn(backward, tmp_path)
     assert summary["global_batch_size"] == 60 and summary["per_replica_batch_size"] == 30
 
 
+def test_population_statistics_under_ddp(tmp_path):
+    _launch([*RUN, "norm=custom", "trainer.population_stats_batches=3", f"hydra.run.dir={tmp_path}"],
+            tmp_path, nproc=2)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert 0.0 <= summary["final_test_acc_population_stats"] <= 1.0
+
+
 def test_all_ranks_share_one_run_dir_and_only_rank_0_writes(tmp_path):
     _launch([*RUN, "norm=none", "experiment_name=ddp_dir"], tmp_path, nproc=2)
     run_dirs = list((tmp_path / "outputs" / "ddp_dir").iterdir())
