@@ -20,18 +20,21 @@ class ConfigError(ValueError):
     pass
 
 
-def _choice(cfg: Mapping[str, Any], dotted: str, choices) -> None:
+def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
     value: Any = cfg
     for key in dotted.split("."):
         value = value[key]
+    return value
+
+
+def _choice(cfg: Mapping[str, Any], dotted: str, choices) -> None:
+    value = _get(cfg, dotted)
     if value not in choices:
         raise ConfigError(f"{dotted}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
 
 
 def _positive(cfg: Mapping[str, Any], dotted: str, allow_zero: bool = False) -> None:
-    value: Any = cfg
-    for key in dotted.split("."):
-        value = value[key]
+    value = _get(cfg, dotted)
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{dotted}={value!r} is not valid; expected an integer >= {low}")
@@ -39,9 +42,7 @@ def _positive(cfg: Mapping[str, Any], dotted: str, allow_zero: bool = False) -> 
 
 def _flag(cfg: Mapping[str, Any], dotted: str, also: tuple[str, ...] = ()) -> None:
     """true or false (YAML booleans, not 0/1), or one of the strings in `also`."""
-    value: Any = cfg
-    for key in dotted.split("."):
-        value = value[key]
+    value = _get(cfg, dotted)
     if not isinstance(value, bool) and value not in also:
         choices = ", ".join(("true", "false", *also))
         raise ConfigError(f"{dotted}={value!r} is not valid; valid choices: {choices}")
