@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["BatchNorm", "recompute_population_statistics"]
+__all__ = ["BatchNorm", "batch_norm_layers", "recompute_population_statistics"]
 
 BACKWARDS = ("autograd", "explicit")
 _BLAS_SUM_DTYPES = (torch.float32, torch.float64)
@@ -441,7 +441,8 @@ class BatchNorm(nn.Module):
         self.running_var.lerp_(_flat(var).mul(count / (count - 1)), factor)
 
 
-def _bn_layers(model: nn.Module) -> list[nn.Module]:
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The BN layers of `model` that keep running statistics (this module's BatchNorm and torch's)."""
     return [
         module
         for module in model.modules()
@@ -467,7 +468,7 @@ def recompute_population_statistics(model: nn.Module, batches: Iterable, num_bat
     num_batches < 1, or when `batches` runs out before num_batches (the model is then unchanged).
     Returns the model.
     """
-    layers = _bn_layers(model)
+    layers = batch_norm_layers(model)
     if not layers:
         raise ValueError("model has no BatchNorm layer with running statistics (track_running_stats=True)")
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:

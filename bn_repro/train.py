@@ -41,6 +41,7 @@ from bn_repro.checkpoint import (
 from bn_repro.config import validate_config
 from bn_repro.data import DeviceDataset, EpochBatches, load_dataset
 from bn_repro.models import build_model
+from bn_repro.norm import batch_norm_layers, recompute_population_statistics
 from bn_repro.probes import ActivationProbe
 from bn_repro.run_files import (
     ACTIVATIONS_COLUMNS,
@@ -111,8 +112,6 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[fl
 
 def population_stats_accuracy(model, data, batches: EpochBatches, num_batches: int, eval_batch_size: int):
     """Test accuracy with BN population statistics recomputed per Algorithm 2, on a copy of the model."""
-    from bn_repro.norm import recompute_population_statistics
-
     # A process group cannot be copied, and the copy needs none: every rank recomputes on the same
     # full batches, so there are no statistics to share across ranks.
     groups = {m: m.process_group for m in model.modules() if getattr(m, "process_group", None) is not None}
@@ -127,12 +126,6 @@ def population_stats_accuracy(model, data, batches: EpochBatches, num_batches: i
     inputs = (data.normalize(data.train_x[idx]) for idx in itertools.islice(sampler, num_batches))
     recompute_population_statistics(probe_model, inputs, num_batches)
     return evaluate(probe_model, data, eval_batch_size)
-
-
-def has_batch_norm(model: nn.Module) -> bool:
-    from bn_repro.norm import BatchNorm
-
-    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) for m in model.modules())
 
 
 class _Window:
@@ -372,7 +365,7 @@ def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
         summary["train_time_s"] = round(train_seconds, 3)
         summary["steps_per_s"] = round(summary["steps"] / max(summary["wall_time_s"], 1e-9), 2)
         summary["train_steps_per_s"] = round(summary["steps"] / train_seconds, 2) if train_seconds else None
-        if trainer["population_stats_batches"] and has_batch_norm(model) and not summary["diverged"]:
+        if trainer["population_stats_batches"] and batch_norm_layers(model) and not summary["diverged"]:
             pop_loss, pop_acc = population_stats_accuracy(
                 model, data, batches, trainer["population_stats_batches"], trainer["eval_batch_size"]
             )
