@@ -1,19 +1,21 @@
-"""Checks on a resolved config that fail at once, before any data is loaded, naming the valid choices.
+"""The app's config: composing it (the one Hydra compose helper), resolving it, and the checks on the
+resolved values that fail at once, before any data is loaded, naming the valid choices.
 
 Hydra already rejects unknown config groups/options and unknown keys (the config is in struct mode);
-these checks cover the values inside the groups.
+these checks cover the values inside the groups. Choices come from their owners: norms and
+measurements from their registries, datasets, models, precisions and loggers from their modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")
-PROBE_MODES = ("eval", "train")
 OPTIMIZERS = ("sgd",)
 SCHEDULES = ("constant", "exponential")
-BACKWARDS = ("autograd", "explicit")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):
@@ -48,24 +50,81 @@ def _flag(cfg: Mapping[str, Any], dotted: str, also: tuple[str, ...] = ()) -> No
         raise ConfigError(f"{dotted}={value!r} is not valid; valid choices: {choices}")
 
 
+def compose(
+    overrides: list[str] | None = None, config_name: str = "train", return_hydra_config: bool = False
+):
+    """The app's config for `overrides`, as `python -m bn_repro.train OVERRIDES` composes it (with the
+    `hydra` node too when `return_hydra_config`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            return hydra_compose(
+                config_name=config_name,
+                overrides=list(overrides or []),
+                return_hydra_config=return_hydra_config,
+            )
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def resolve_config(cfg) -> dict[str, Any]:
+    """A plain, fully resolved copy of a DictConfig (or dict), validated."""
+    import copy
+
+    from omegaconf import DictConfig, OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
+    validate_config(config)
+    return config
+
+
+def _registry_check(check) -> None:
+    try:
+        check()
+    except ValueError as error:  # the registries' own errors name the bad value and the choices
+        raise ConfigError(str(error)) from error
+
+
+def _build_on_meta(cfg: Mapping[str, Any]) -> None:
+    """Build the model on the meta device (no memory, no data): model options and norm options that
+    depend on the layer widths (e.g. norm.groups) fail here, before any data is loaded."""
+    import torch
+
+    from bn_repro import norms
+    from bn_repro.data.dataset import dataset_shape
+    from bn_repro.models import build_model
+
+    shape, classes = dataset_shape(cfg["data"]["name"], cfg["data"].get("synthetic"))
+    with torch.device("meta"):
+        build_model(cfg["model"], norms.factory(cfg["norm"]), shape, classes)
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
-    from bn_repro.accel import PRECISIONS
+    from bn_repro import measures, norms
     from bn_repro.data import DATASETS
+    from bn_repro.engine.fast_path import PRECISIONS
     from bn_repro.models import MODELS
-    from bn_repro.models.layers import ACTIVATIONS, NORM_KINDS
-    from bn_repro.tracking import LOGGERS, WANDB_MODES
+    from bn_repro.models.activations import ACTIVATIONS
+    from bn_repro.records.tracking import LOGGERS, WANDB_MODES
 
     _choice(cfg, "data.name", DATASETS)
     _choice(cfg, "model.name", MODELS)
     if "activation" in cfg["model"]:
         _choice(cfg, "model.activation", ACTIVATIONS)
-    _choice(cfg, "norm.kind", NORM_KINDS)
-    if cfg["norm"]["kind"] == "custom":
-        _choice(cfg, "norm.backward", BACKWARDS)
+    _choice(cfg, "norm.kind", norms.names())
+    _registry_check(lambda: norms.factory(cfg["norm"]))
+    _registry_check(lambda: measures.build(cfg.get("measure") or {}))
     _choice(cfg, "optim.name", OPTIMIZERS)
     _choice(cfg, "optim.schedule.name", SCHEDULES)
     _choice(cfg, "trainer.device", DEVICES)
-    _choice(cfg, "probe.mode", PROBE_MODES)
+    threads = _get(cfg, "trainer.threads")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"trainer.threads={threads!r} is not valid; expected auto or an integer >= 1")
+    _registry_check(lambda: _build_on_meta(cfg))
     if "logger" in cfg:
         _choice(cfg, "logger.name", LOGGERS)
         if cfg["logger"]["name"] == "wandb":

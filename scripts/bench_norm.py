@@ -3,8 +3,8 @@
     python scripts/bench_norm.py --device cpu --repeats 30
 
 Implementations: builtin (nn.BatchNorm1d for (N, C), nn.BatchNorm2d for (N, C, H, W)), custom
-autograd and custom explicit (bn_repro.norm.BatchNorm), and the seed notebook's baseline
-(bn_repro.seed_batchnorm.SeedBatchNorm). One step is y = bn(x) then torch.autograd.grad of y
+autograd and custom explicit (bn_repro.norms.BatchNorm), and the seed notebook's baseline
+(bn_repro.norms.seed_reference.SeedBatchNorm). One step is y = bn(x) then torch.autograd.grad of y
 against x and the affine parameters with a fixed random upstream gradient.
 
 Method: everything runs in one process with torch's default thread count. After warmup, each
@@ -40,8 +40,8 @@ except ImportError:  # not on Windows
 import torch
 from torch import nn
 
-from bn_repro.norm import BatchNorm
-from bn_repro.seed_batchnorm import SeedBatchNorm
+from bn_repro.norms.batchnorm import BatchNorm
+from bn_repro.norms.seed_reference import SeedBatchNorm
 
 DEFAULT_SHAPES = ["60,100", "256,1024", "32,64,32,32", "128,64,32,32"]
 IMPLEMENTATIONS = ("builtin", "autograd", "explicit", "seed")
@@ -180,6 +180,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="A/B rounds per shape")
     parser.add_argument("--iters", type=int, default=None, help="steps per timed block (default: auto)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per implementation")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
+    )
     parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     parser.add_argument(
         "--no-warm-heap", dest="warm_heap", action="store_false", help="skip the CPU heap warm-up"
@@ -188,6 +191,8 @@ def main() -> None:
     if args.repeats < 2:
         parser.error("--repeats must be at least 2 to give a spread")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu" and args.warm_heap:
         block = torch.empty(HEAP_WARMUP_BYTES, dtype=torch.uint8)

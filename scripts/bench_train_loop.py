@@ -3,9 +3,10 @@
     python scripts/bench_train_loop.py                       # Fashion-MNIST (Debian's files), 5,000 steps
     python scripts/bench_train_loop.py --steps 2000 --data synthetic --norm custom
 
-The bare loop is the floor any training app pays: preloaded float tensors, the same network and
-optimizer, no evaluation, no probes, no files. The app's run includes its default evaluation on the
-full test set and the activation probes every trainer.eval_every steps; its throughput counts them.
+The bare loop is the floor any training app pays: the same parts and training step
+(bn_repro/engine/step.train_step) on preloaded float tensors, no evaluation, no measurements, no files.
+The app's run includes its default evaluation on the full test set and the activation probes every
+trainer.eval_every steps; its throughput counts them.
 """
 
 from __future__ import annotations
@@ -16,47 +17,32 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from bn_repro.data import EpochBatches, load_dataset
-from bn_repro.models import build_model
-from bn_repro.train import build_optimizer, seed_everything, train
-
-CONFIG_DIR = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
+from bn_repro.config import compose, resolve_config
+from bn_repro.engine import setup
+from bn_repro.engine.loop import train
+from bn_repro.engine.step import train_step
 
 
-def compose_fig1(data: str, norm: str, steps: int, extra: list[str]) -> dict:
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose("train", overrides=["experiment=fig1_mnist", f"data={data}", f"norm={norm}",
-                                          f"trainer.max_steps={steps}", "trainer.progress=false",
-                                          "trainer.device=cpu", *extra])  # fmt: skip
-    return OmegaConf.to_container(cfg, resolve=True)
+def compose_fig1(data: str, norm: str, steps: int, threads: int, extra: list[str]) -> dict:
+    overrides = ["experiment=fig1_mnist", f"data={data}", f"norm={norm}", f"trainer.max_steps={steps}",
+                 "trainer.progress=false", "trainer.device=cpu", f"trainer.threads={threads}"]  # fmt: skip
+    return resolve_config(compose([*overrides, *extra]))
 
 
 def bare_loop(config: dict, steps: int) -> float:
-    # The app's seeding and deterministic-kernel setting, so both loops run the same kernels.
-    seed_everything(config["seed"], config["trainer"]["deterministic"])
-    d = config["data"]
-    data = load_dataset(d["name"], d["root"], "cpu", download=False, synthetic=d.get("synthetic"))
-    x_all, y_all = data.normalize(data.train_x), data.train_y
-    model = build_model(config["model"], config["norm"], data.input_shape, data.num_classes)
-    optimizer = build_optimizer(model, config["optim"])
-    batches = EpochBatches(len(y_all), d["batch_size"], torch.Generator().manual_seed(0), "cpu")
-    for _ in range(50):  # warm-up
-        idx = next(batches)
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    """The app's parts and training step, on the whole training set standardised once up front."""
+    parts = setup.build(config)
+    x_all, y_all = parts.data.normalize(parts.data.train_x), parts.data.train_y
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            idx = next(parts.batches)
+            train_step(parts.net, parts.optimizer, None, x_all[idx], y_all[idx], parts.fast)
+
+    run(50)  # warm-up
     start = time.perf_counter()
-    for _ in range(steps):
-        idx = next(batches)
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    run(steps)
     return steps / (time.perf_counter() - start)
 
 
@@ -76,12 +62,13 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--data", default="fashion_mnist")
-    parser.add_argument("--norm", default="builtin", choices=["none", "builtin", "custom"])
+    parser.add_argument("--norm", default="builtin", help="a norm config (configs/norm/)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/app rounds; medians reported")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the app run")
     args = parser.parse_args()
 
-    config = compose_fig1(args.data, args.norm, args.steps, args.overrides)
+    config = compose_fig1(args.data, args.norm, args.steps, args.threads, args.overrides)
     bare, app = [], []
     for _ in range(args.rounds):
         bare.append(bare_loop(config, args.steps))

@@ -6,8 +6,8 @@
 
 Each run becomes OUT/<run name>-<run id>/ with summary.json (with `config`, `experiment_name` and a `wandb`
 block naming the run), metrics.csv and activations.csv, rebuilt from the run's history as
-bn_repro/wandb_export.py describes. Exporting again replaces the files. Needs network and a wandb API key
-(`wandb login` or WANDB_API_KEY); offline runs must be uploaded first (`wandb sync`).
+bn_repro/records/wandb_export.py describes. Exporting again replaces the files. Needs network and a
+wandb API key (`wandb login` or WANDB_API_KEY); offline runs must be uploaded first (`wandb sync`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bn_repro.wandb_export import export_run
+from bn_repro.records.wandb_export import export_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Draw the paper's figures (Fig. 1, Fig. 2) and the Fig. 3 table from run dirs; see bn_repro/figures.py.
+"""Draw the paper's figures (Fig. 1, Fig. 2) and the Fig. 3 table from run dirs (bn_repro.analysis.figures).
 
     python scripts/make_figures.py                                      # results/ -> results/figures/
     python scripts/make_figures.py multirun/fig1_fashion_mnist_sweep --out figures
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bn_repro.figures import make_figures
+from bn_repro.analysis.figures import make_figures
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"

@@ -1,5 +1,5 @@
 """The paper's Fig. 3 table from the runs of a Fig. 2 sweep: steps to reach the no-BN baseline's best
-accuracy, speedup, max accuracy (definitions in bn_repro/speedup.py).
+accuracy, speedup, max accuracy (definitions in bn_repro/analysis/speedup.py).
 
     python -m bn_repro.train -m 'experiment=glob(fig2_*)'                # the sweep (six runs)
     python scripts/speedup_table.py multirun/default/2026-01-01_00-00-00   # -> results/fig3_table.{md,csv}
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from bn_repro.speedup import BASELINE, fig3_table, write_fig3
+from bn_repro.analysis.speedup import BASELINE, fig3_table, write_fig3
 
 
 def main() -> None:

@@ -5,21 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+
+from bn_repro.config import CONFIG_DIR
+from bn_repro.config import compose as compose_config
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-
-
-def compose_config(overrides: list[str] | None = None):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return compose(config_name="train", overrides=list(overrides or []))
-    finally:
-        GlobalHydra.instance().clear()
+__all__ = ["EXPERIMENTS", "REPO", "SMOKE", "compose_config", "interrupted_at_evaluation"]
 
 
 # Tiny runs on generated data: every loop path, a few seconds each.
@@ -40,3 +32,25 @@ SMOKE = [
 @pytest.fixture
 def smoke_overrides():
     return list(SMOKE)
+
+
+def interrupted_at_evaluation(monkeypatch, config, run_dir, evaluation: int) -> None:
+    """Train `config` into `run_dir` and stop it with a KeyboardInterrupt at its `evaluation`-th
+    evaluation (1 is the one at step 0), as a killed run stops."""
+    import bn_repro.engine.loop as loop
+    from bn_repro.train import train
+
+    real, calls = loop.evaluate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == evaluation:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, run_dir)
+    finally:
+        monkeypatch.setattr(loop, "evaluate", real)

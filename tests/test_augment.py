@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from conftest import SMOKE, compose_config
 
-from bn_repro.augment import RandomCropFlip
-from bn_repro.run_files import read_csv
+from bn_repro.data.augment import RandomCropFlip
+from bn_repro.records.run_files import read_csv
 from bn_repro.train import train
 
 PAD = 4

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 import torchvision.datasets
 
-from bn_repro import data
 from bn_repro.data import (
     CIFAR_BATCHES,
     CIFAR_DIR,
@@ -31,6 +30,7 @@ from bn_repro.data import (
     EpochBatches,
     load_dataset,
 )
+from bn_repro.data import dataset as data
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 REAL_SYSTEM_DATA_DIRS = dict(data.SYSTEM_DATA_DIRS)

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO, SMOKE
 
-from bn_repro.run_files import read_csv
+from bn_repro.records.run_files import read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,8 @@ def _launch(args, cwd, nproc):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+# Two torchrun processes and a reference run: ~30 s each idle, 2-4x that under load (slow).
+@pytest.mark.slow
 @pytest.mark.parametrize("backward", ["autograd", "explicit"])
 def test_two_processes_match_one_with_synchronized_custom_bn(backward, tmp_path):
     args = [*RUN, "norm=custom", f"norm.backward={backward}"]

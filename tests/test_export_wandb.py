@@ -11,10 +11,11 @@ from conftest import REPO, SMOKE, compose_config
 from omegaconf import OmegaConf
 from wandb_offline import OfflineRun, isolated_wandb, only_offline_run  # noqa: F401 - fixture wandb_env
 
-from bn_repro.run_files import ACTIVATIONS_COLUMNS, METRICS_COLUMNS, read_csv
-from bn_repro.tracking import open_tracker
+from bn_repro.measures.activations import ACTIVATIONS_COLUMNS
+from bn_repro.records.run_files import METRICS_COLUMNS, read_csv
+from bn_repro.records.tracking import open_tracker
+from bn_repro.records.wandb_export import export_run, run_config
 from bn_repro.train import train
-from bn_repro.wandb_export import export_run, run_config
 
 
 def _recorded_run() -> OfflineRun:

@@ -1,4 +1,4 @@
-"""The training step's fast path (bn_repro/accel.py): bf16 autocast, channels_last, torch.compile."""
+"""The training step's fast path (bn_repro/engine/fast_path.py): bf16 autocast, channels_last, compile."""
 
 import copy
 import math
@@ -8,12 +8,13 @@ import torch
 from conftest import SMOKE, compose_config
 from torch import nn
 
-from bn_repro.accel import FastPath
-from bn_repro.augment import RandomCropFlip
+from bn_repro import norms
 from bn_repro.config import ConfigError
+from bn_repro.data.augment import RandomCropFlip
+from bn_repro.engine.fast_path import FastPath
 from bn_repro.models.inception import Inception
 from bn_repro.norm import BatchNorm
-from bn_repro.run_files import read_csv
+from bn_repro.records.run_files import read_csv
 from bn_repro.train import train
 
 CPU = torch.device("cpu")
@@ -70,7 +71,7 @@ def _losses(run_dir):
 
 def test_channels_last_computes_the_same_function_on_cpu():
     torch.manual_seed(0)
-    model = Inception((3, 32, 32), 10, {"kind": "builtin"}, width=0.25)
+    model = Inception((3, 32, 32), 10, norms.factory("builtin"), width=0.25)
     nhwc = FastPath.from_config({**TRAINER, "channels_last": True}, CPU, model)
     twin = nhwc.prepare(copy.deepcopy(model))
     x = torch.randn(16, 3, 32, 32)

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from bn_repro.speedup import PAPER_ORDER, fig3_table
+from bn_repro.analysis.speedup import PAPER_ORDER, fig3_table
 
 FIG2 = set(PAPER_ORDER)
 

@@ -1,4 +1,4 @@
-"""The figure script on small fixture runs written in the train app's formats (bn_repro/run_files.py)."""
+"""The figure script on small fixture runs in the train app's formats (bn_repro/records/run_files.py)."""
 
 import csv
 import importlib.util
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from bn_repro.figures import NoRunsError, load_all, make_figures, split_curves
-from bn_repro.run_files import (
-    ACTIVATIONS_COLUMNS,
-    ACTIVATIONS_FILE,
+from bn_repro.analysis.figures import NoRunsError, load_all, make_figures, split_curves
+from bn_repro.measures.activations import ACTIVATIONS_COLUMNS
+from bn_repro.records.run_files import (
     METRICS_COLUMNS,
     METRICS_FILE,
     SUMMARY_FILE,
     CsvLog,
+    measurement_file,
     read_csv,
     write_json_atomic,
 )
@@ -48,7 +48,7 @@ def write_run(
     """One run dir as bn_repro.train writes it (a diverged run stops early, its accuracy at chance)."""
     run_dir.mkdir(parents=True)
     metrics = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
-    activations = CsvLog(run_dir / ACTIVATIONS_FILE, ACTIVATIONS_COLUMNS)
+    activations = CsvLog(run_dir / measurement_file("activations"), ACTIVATIONS_COLUMNS)
     for i, (step, acc) in enumerate(zip(steps, test_acc, strict=True)):
         metrics.write({
             "step": step, "epoch": step // 1000, "train_loss": 2.3 - acc, "train_acc": acc,

@@ -5,10 +5,11 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from torch import nn
 
+from bn_repro import norms
+from bn_repro.measures.activations import ActivationProbe
 from bn_repro.models import build_model
 from bn_repro.models.inception import MODULES, Inception
 from bn_repro.norm import BatchNorm
-from bn_repro.probes import ActivationProbe
 
 CIFAR, MNIST = (3, 32, 32), (1, 28, 28)
 
@@ -21,7 +22,7 @@ def _model_cfg(**changes) -> dict:
 
 def _build(norm: str = "builtin", shape=CIFAR, **changes) -> nn.Module:
     torch.manual_seed(0)
-    return build_model(_model_cfg(**changes), {"kind": norm}, shape, 10)
+    return build_model(_model_cfg(**changes), norms.factory(norm), shape, 10)
 
 
 @pytest.mark.parametrize("shape", [CIFAR, MNIST])
@@ -128,7 +129,7 @@ def test_width_scales_the_channels():
 )
 def test_bad_options_name_the_value(changes, message):
     with pytest.raises(ValueError, match=message):
-        Inception(CIFAR, 10, {"kind": "none"}, **changes)
+        Inception(CIFAR, 10, norms.factory("none"), **changes)
 
 
 def test_relu_network_without_bn_keeps_activation_scale_at_init():

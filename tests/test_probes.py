@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from bn_repro.probes import ActivationProbe
+from bn_repro.measures.activations import ActivationProbe
 
 
 class TwoLayer(nn.Module):

@@ -5,10 +5,10 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, SMOKE, compose_config
+from conftest import REPO, SMOKE, compose_config, interrupted_at_evaluation
 
-from bn_repro.checkpoint import CheckpointError
-from bn_repro.run_files import read_csv
+from bn_repro.engine.checkpoint import CheckpointError
+from bn_repro.records.run_files import read_csv
 from bn_repro.train import train
 
 TIMING = ("wall_time_s", "steps_per_s")
@@ -31,20 +31,8 @@ def _assert_same_run(a, b):
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     train(compose_config(RESUMABLE), tmp_path / "whole")
 
-    import bn_repro.train as app
-
-    real_evaluate, calls = app.evaluate, []
-
-    def interrupted_evaluate(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 6:  # the evaluation at step 25, after the checkpoint at step 21
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(app, "evaluate", interrupted_evaluate)
-    with pytest.raises(KeyboardInterrupt):
-        train(compose_config(RESUMABLE), tmp_path / "parts")
-    monkeypatch.setattr(app, "evaluate", real_evaluate)
+    # Stopped at the evaluation at step 25, after the checkpoint at step 21.
+    interrupted_at_evaluation(monkeypatch, compose_config(RESUMABLE), tmp_path / "parts", evaluation=6)
     assert read_csv(tmp_path / "parts/metrics.csv")[-1]["step"] == "20"
     resumed = train(compose_config(RESUMABLE), tmp_path / "parts")
     assert resumed["resumed_from_step"] == 21 and resumed["steps"] == 40
@@ -108,3 +96,15 @@ def test_results_without_checkpoint_are_not_overwritten(tmp_path):
     train(cfg, tmp_path)
     with pytest.raises(CheckpointError, match="refusing to start over"):
         train(cfg, tmp_path)
+
+
+def test_a_checkpoint_from_before_the_run_state_gets_a_clear_error(tmp_path):
+    """Format 1 (before bn_repro/engine/state.py) held `summary` and `window` entries; it is refused."""
+    import torch
+
+    config = compose_config(RESUMABLE)
+    tmp_path.mkdir(exist_ok=True)
+    torch.save({"format_version": 1, "step": 7, "summary": {}, "window": {}, "config": {}},
+               tmp_path / "checkpoint.pt")  # fmt: skip
+    with pytest.raises(CheckpointError, match="has format 1, written by another version of bn_repro"):
+        train(config, tmp_path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bn_repro.seed_batchnorm import SeedBatchNorm
+from bn_repro.norms.seed_reference import SeedBatchNorm
 
 EPS = 1e-5
 

@@ -6,8 +6,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from bn_repro.run_files import METRICS_COLUMNS, CsvLog, write_json_atomic
-from bn_repro.speedup import (
+from bn_repro.analysis.speedup import (
     FIG3_COLUMNS,
     PAPER_ORDER,
     fig3_markdown,
@@ -16,6 +15,7 @@ from bn_repro.speedup import (
     steps_to_target,
     write_fig3,
 )
+from bn_repro.records.run_files import METRICS_COLUMNS, CsvLog, write_json_atomic
 
 STEPS = [0, 1000, 2000, 3000, 4000, 5000]
 # Fixture sweep: test accuracy at STEPS per (variant, seed), and the run's final status.

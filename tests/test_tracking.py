@@ -11,8 +11,6 @@ import pytest
 import wandb
 import yaml
 from conftest import CONFIG_DIR, REPO, SMOKE, compose_config
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 from wandb_offline import (  # noqa: F401 - isolated_wandb: the fixture wandb_env
@@ -23,9 +21,8 @@ from wandb_offline import (  # noqa: F401 - isolated_wandb: the fixture wandb_en
 )
 
 from bn_repro.config import ConfigError
-from bn_repro.probes import ProbeResult
-from bn_repro.run_files import read_csv
-from bn_repro.tracking import HISTOGRAM_BINS, WandbTracker, open_tracker, run_name
+from bn_repro.records.run_files import read_csv
+from bn_repro.records.tracking import HISTOGRAM_BINS, WandbTracker, open_tracker, run_name
 from bn_repro.train import train
 
 WANDB = ["logger=wandb"]
@@ -78,7 +75,7 @@ def test_wandb_mode_disabled_in_the_environment_starts_no_run(tmp_path, wandb_en
     monkeypatch.setenv("WANDB_MODE", "disabled")
     config = OmegaConf.to_container(compose_config([*SMOKE, *WANDB]), resolve=True)
     with open_tracker(config, tmp_path) as tracker:
-        tracker.log_eval({"step": 0})
+        tracker.log_step(0, {"step": 0})
     assert tracker.info() is None and not any(tmp_path.iterdir())
 
 
@@ -106,7 +103,7 @@ def test_failing_init_warns_and_training_goes_on(tmp_path, wandb_env, monkeypatc
         raise wandb.errors.CommError("network is unreachable")
 
     monkeypatch.setattr(wandb, "init", init)
-    with caplog.at_level(logging.WARNING, logger="bn_repro.tracking"):
+    with caplog.at_level(logging.WARNING, logger="bn_repro.records.tracking"):
         summary = train(compose_config([*SMOKE, *WANDB]), tmp_path / "run")
     assert summary["status"] == "finished" and summary["steps"] == 12 and summary["wandb"] is None
     assert "wandb could not start" in caplog.text and "network is unreachable" in caplog.text
@@ -118,7 +115,7 @@ def test_unreachable_server_warns_and_training_goes_on(tmp_path, wandb_env, monk
     monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     cfg = compose_config([*SMOKE, *WANDB, "logger.mode=online", "logger.init_timeout_s=2"])
-    with caplog.at_level(logging.WARNING, logger="bn_repro.tracking"):
+    with caplog.at_level(logging.WARNING, logger="bn_repro.records.tracking"):
         summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["wandb"] is None
     assert "wandb could not start" in caplog.text
@@ -128,7 +125,7 @@ def test_online_without_a_key_logs_offline_and_never_prompts(tmp_path, wandb_env
     # A login prompt needs a terminal, which pytest's stdin is not: had wandb.init looked for a key
     # itself, it would have raised and no run would be written.
     config = OmegaConf.to_container(compose_config([*SMOKE, *WANDB, "logger.mode=online"]), resolve=True)
-    with caplog.at_level(logging.WARNING, logger="bn_repro.tracking"):
+    with caplog.at_level(logging.WARNING, logger="bn_repro.records.tracking"):
         with open_tracker(config, tmp_path) as tracker:
             assert tracker.info()["mode"] == "offline"
     assert "no API key" in caplog.text
@@ -168,10 +165,9 @@ def test_a_logging_error_mid_run_warns_once_and_logging_stops(caplog):
                           config=SimpleNamespace(update=lambda *a, **k: None),
                           finish=lambda exit_code=0: calls.append(("finish", exit_code)))  # fmt: skip
     tracker = WandbTracker(run, wandb)
-    probe = ProbeResult(rows=[], layer_values={})
-    with caplog.at_level(logging.WARNING, logger="bn_repro.tracking"):
-        tracker.log_eval({"step": 0, "test_acc": 0.5}, probe)
-        tracker.log_eval({"step": 5, "test_acc": 0.6}, probe)
+    with caplog.at_level(logging.WARNING, logger="bn_repro.records.tracking"):
+        tracker.log_step(0, {"step": 0, "test_acc": 0.5})
+        tracker.log_step(5, {"step": 5, "test_acc": 0.6})
         tracker.log_summary({"status": "finished"})
         tracker.finish()
     assert caplog.text.count("disk full") == 1
@@ -182,7 +178,7 @@ def test_open_tracker_is_a_no_op_when_not_enabled(tmp_path, wandb_env, monkeypat
     monkeypatch.setattr(wandb, "init", _must_not_be_called)
     config = OmegaConf.to_container(compose_config([*SMOKE, *WANDB]), resolve=True)
     with open_tracker(config, tmp_path, enabled=False) as tracker:  # e.g. a DDP rank other than 0
-        tracker.log_eval({"step": 0})
+        tracker.log_step(0, {"step": 0})
     assert tracker.info() is None and not any(tmp_path.iterdir())
 
 
@@ -214,12 +210,7 @@ def test_multirun_writes_one_offline_run_per_job(tmp_path, wandb_env):
 
 
 def _compose_with_hydra(overrides):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(overrides, return_hydra_config=True)
 
 
 @pytest.mark.parametrize("preset", ["fig1_mnist_sweep", "fig1_fashion_mnist_sweep"])

@@ -12,7 +12,8 @@ from conftest import EXPERIMENTS, REPO, SMOKE, compose_config
 from omegaconf import OmegaConf
 
 from bn_repro.config import ConfigError
-from bn_repro.run_files import ACTIVATIONS_COLUMNS, METRICS_COLUMNS, read_csv
+from bn_repro.measures.activations import ACTIVATIONS_COLUMNS
+from bn_repro.records.run_files import METRICS_COLUMNS, read_csv
 from bn_repro.train import train
 
 

@@ -19,13 +19,14 @@ channel count of the input is taken from the data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from bn_repro.models.layers import make_activation, make_norm, uses_norm
+from bn_repro.models.activations import make_activation
+from bn_repro.norms import NormFactory
 
 # Channel counts per module; the branch reductions ("r") are the 1x1 convs that feed a 3x3 conv.
 # Our choice: about half of BN-Inception's (Ioffe & Szegedy 2015, appendix table) at each stage.
@@ -62,23 +63,23 @@ def _scaled(channels: int, width: float) -> int:
 class ConvNorm(nn.Module):
     """Conv then BN (or conv with bias when norm.kind is none): the pre-activation Wu (+ b)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, norm_cfg: Mapping[str, Any]):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, norm_layer: NormFactory):
         super().__init__()
         self.conv = nn.Conv2d(
-            c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=not uses_norm(norm_cfg)
+            c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=norm_layer.identity
         )
-        self.norm = make_norm(norm_cfg, c_out, input_dims=4)
+        self.norm = norm_layer(c_out, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
 
-def _branch(widths: Sequence[int], kernels: Sequence[int], stride: int, norm_cfg, activation: str):
+def _branch(widths: Sequence[int], kernels: Sequence[int], stride: int, norm_layer, activation: str):
     """ConvNorm layers with a nonlinearity between them; the last one's is the module's shared `act`."""
     layers: list[nn.Module] = []
     for i, kernel in enumerate(kernels):
         last = i == len(kernels) - 1
-        layers.append(ConvNorm(widths[i], widths[i + 1], kernel, stride if last else 1, norm_cfg))
+        layers.append(ConvNorm(widths[i], widths[i + 1], kernel, stride if last else 1, norm_layer))
         if not last:
             layers.append(make_activation(activation))
     return nn.Sequential(*layers)
@@ -92,16 +93,16 @@ class InceptionModule(nn.Module):
     the module. A reduction module's max-pool branch carries already activated values and joins after.
     """
 
-    def __init__(self, c_in: int, spec: InceptionSpec, norm_cfg, activation: str, width: float):
+    def __init__(self, c_in: int, spec: InceptionSpec, norm_layer, activation: str, width: float):
         super().__init__()
         n = {key: _scaled(getattr(spec, key), width) for key in ("n1x1", "n3x3r", "n3x3", "nd3x3r", "nd3x3")}
         s = spec.stride
         branches = []
         if n["n1x1"]:
-            branches.append(_branch([c_in, n["n1x1"]], [1], 1, norm_cfg, activation))
-        branches.append(_branch([c_in, n["n3x3r"], n["n3x3"]], [1, 3], s, norm_cfg, activation))
+            branches.append(_branch([c_in, n["n1x1"]], [1], 1, norm_layer, activation))
+        branches.append(_branch([c_in, n["n3x3r"], n["n3x3"]], [1, 3], s, norm_layer, activation))
         double = [c_in, n["nd3x3r"], n["nd3x3"], n["nd3x3"]]
-        branches.append(_branch(double, [1, 3, 3], s, norm_cfg, activation))
+        branches.append(_branch(double, [1, 3, 3], s, norm_layer, activation))
         if spec.pool == "pass":
             self.passthrough: nn.Module | None = nn.MaxPool2d(3, stride=s, padding=1)
             pool_out = c_in
@@ -113,7 +114,7 @@ class InceptionModule(nn.Module):
                 else nn.MaxPool2d(3, stride=1, padding=1)
             )
             npool = _scaled(spec.npool, width)
-            branches.append(nn.Sequential(pool, ConvNorm(c_in, npool, 1, 1, norm_cfg)))
+            branches.append(nn.Sequential(pool, ConvNorm(c_in, npool, 1, 1, norm_layer)))
             pool_out = npool
         self.branches = nn.ModuleList(branches)
         self.act = make_activation(activation)
@@ -127,9 +128,9 @@ class InceptionModule(nn.Module):
 
 
 class Stem(nn.Module):
-    def __init__(self, c_in: int, c_out: int, norm_cfg, activation: str, lrn: bool):
+    def __init__(self, c_in: int, c_out: int, norm_layer, activation: str, lrn: bool):
         super().__init__()
-        self.conv = ConvNorm(c_in, c_out, 3, 1, norm_cfg)
+        self.conv = ConvNorm(c_in, c_out, 3, 1, norm_layer)
         self.act = make_activation(activation)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         # GoogLeNet normalises after its first pool with LRN (size 5, alpha 1e-4, beta 0.75, Caffe's k=1);
@@ -145,7 +146,7 @@ class Inception(nn.Module):
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        norm_cfg: Mapping[str, Any],
+        norm_layer: NormFactory,
         activation: str = "relu",
         width: float = 1.0,
         dropout: float = 0.0,
@@ -161,10 +162,10 @@ class Inception(nn.Module):
         if len(input_shape) != 3:
             raise ValueError(f"the inception model takes (C, H, W) images, got shape {tuple(input_shape)}")
         channels = _scaled(STEM_CHANNELS, width)
-        self.stem = Stem(input_shape[0], channels, norm_cfg, activation, lrn)
+        self.stem = Stem(input_shape[0], channels, norm_layer, activation, lrn)
         self.blocks = nn.ModuleDict()
         for name, spec in MODULES.items():
-            block = InceptionModule(channels, spec, norm_cfg, activation, width)
+            block = InceptionModule(channels, spec, norm_layer, activation, width)
             self.blocks[name] = block
             channels = block.out_channels
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from bn_repro.models.layers import make_activation, make_norm, uses_norm
+from bn_repro.models.activations import make_activation
+from bn_repro.norms import NormFactory
 
 
 class HiddenLayer(nn.Module):
     """z = g(BN(Wu)) with BN, z = g(Wu + b) without: beta subsumes the bias (paper section 3.2)."""
 
-    def __init__(self, in_features: int, out_features: int, norm_cfg: Mapping[str, Any], activation: str):
+    def __init__(self, in_features: int, out_features: int, norm_layer: NormFactory, activation: str):
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=not uses_norm(norm_cfg))
-        self.norm = make_norm(norm_cfg, out_features, input_dims=2)
+        self.linear = nn.Linear(in_features, out_features, bias=norm_layer.identity)
+        self.norm = norm_layer(out_features, 2)
         self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ class MLP(nn.Module):
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        norm_cfg: Mapping[str, Any],
+        norm_layer: NormFactory,
         hidden: Sequence[int] = (100, 100, 100),
         activation: str = "sigmoid",
         init_std: float | None = 0.01,
@@ -39,7 +39,7 @@ class MLP(nn.Module):
         super().__init__()
         widths = [math.prod(input_shape), *hidden]
         self.hidden = nn.ModuleList(
-            HiddenLayer(w_in, w_out, norm_cfg, activation) for w_in, w_out in itertools.pairwise(widths)
+            HiddenLayer(w_in, w_out, norm_layer, activation) for w_in, w_out in itertools.pairwise(widths)
         )
         self.out = nn.Linear(widths[-1], num_classes)
         if init_std is not None:

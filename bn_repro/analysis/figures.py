@@ -6,10 +6,11 @@
     report = make_figures(["multirun/"], "figures")                 # the same from Python
     report.written, report.notes
 
-A run dir is what the train app (or scripts/export_wandb.py) leaves: summary.json, metrics.csv,
-activations.csv (bn_repro/run_files.py). Runs named fig2_* make Fig. 2 and Fig. 3; every other run is a
-Fig. 1 run. Runs are grouped by dataset and planned length (config.trainer.max_steps); a group is one
-figure, named after its dataset (plus `_<steps>steps` when a dataset has runs of several lengths):
+A run dir is what the train app (or scripts/export_wandb.py) leaves: summary.json, metrics.csv and one
+CSV per measurement, activations.csv among them (bn_repro/records/run_files.py). Runs named fig2_* make
+Fig. 2 and Fig. 3; every other run is a Fig. 1 run. Runs are grouped by dataset and planned length
+(config.trainer.max_steps); a group is one figure, named after its dataset (plus `_<steps>steps` when a
+dataset has runs of several lengths):
 
 - fig1a_test_accuracy_<dataset>: test accuracy vs steps, one curve per norm (no BN, BN (builtin),
   BN (custom, explicit), ...): the mean over the seeds that finished, with a min-max band over them.
@@ -22,7 +23,7 @@ figure, named after its dataset (plus `_<steps>steps` when a dataset has runs of
   the speedup that gives (the Fig. 3 measure applied to Fig. 1).
 - fig2_speedup_<dataset>: test accuracy vs steps for each fig2_* variant present (mean over finished
   seeds), with the no-BN baseline's best accuracy (the Fig. 3 target) as a horizontal line.
-- fig3_table_<dataset>.md/.csv: bn_repro/speedup.py's steps-to-target table for those runs.
+- fig3_table_<dataset>.md/.csv: bn_repro/analysis/speedup.py's steps-to-target table for those runs.
 - summary.csv: one row per run.
 
 Curves that would otherwise mix runs of different settings (optim.*, model.*, data.batch_size,
@@ -46,8 +47,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
-from bn_repro import speedup
-from bn_repro.run_files import ACTIVATIONS_FILE, SUMMARY_FILE, read_csv
+from bn_repro import norms
+from bn_repro.analysis import speedup
+from bn_repro.records.run_files import SUMMARY_FILE, measurement_file, read_measurement
 
 DATASET_NAMES = {
     "mnist": "MNIST",
@@ -85,11 +87,23 @@ class NoRunsError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class RunData:
-    """One run dir: the metrics as bn_repro.speedup reads them, the summary and the probe rows."""
+    """One run dir: the metrics as bn_repro.analysis.speedup reads them, the summary, and the rows of
+    each measurement the run wrote (read on first use)."""
 
     run: speedup.Run
     summary: dict[str, Any]
-    activations: tuple[dict[str, Any], ...]
+
+    def measurement(self, name: str) -> tuple[dict[str, Any], ...]:
+        """The rows of measurement `name` (bn_repro/measures/), numbers parsed; () when absent."""
+        cache = self.__dict__.setdefault("_measurements", {})
+        if name not in cache:
+            cache[name] = tuple(read_measurement(self.run.run_dir, name))
+        return cache[name]
+
+    @property
+    def activations(self) -> tuple[dict[str, Any], ...]:
+        """The activation probe's rows (Fig. 1(b,c))."""
+        return self.measurement("activations")
 
     @property
     def config(self) -> dict[str, Any]:
@@ -111,14 +125,19 @@ class RunData:
 
     @property
     def backward(self) -> str:
-        """The custom BN's backward (autograd | explicit); empty for the others."""
-        return self.config.get("norm", {}).get("backward", "") if self.norm_kind == "custom" else ""
+        """The norm's `backward` option (the custom BN's autograd | explicit); empty for the others."""
+        return self.config.get("norm", {}).get("backward", "")
 
     @property
     def norm_label(self) -> str:
-        if self.norm_kind == "none":
-            return "no BN"
-        return f"BN ({self.norm_kind}, {self.backward})" if self.backward else f"BN ({self.norm_kind})"
+        """The registry's label for the run's norm (an unregistered kind prints as its name)."""
+        return norms.label(self.config.get("norm") or {"kind": "?"})
+
+    @property
+    def without_norm(self) -> bool:
+        """The no-norm baseline (norm.kind=none): drawn first, the target of the Fig. 1 table."""
+        kind = self.norm_kind
+        return kind in norms.names() and norms.get(kind).identity
 
     @property
     def seed(self) -> int | None:
@@ -147,20 +166,8 @@ class Report:
 
 
 def load_run_data(run_dir: str | Path) -> RunData:
-    run_dir = Path(run_dir)
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    activations_path = run_dir / ACTIVATIONS_FILE
-    rows = read_csv(activations_path) if activations_path.exists() else []
-    activations = tuple(
-        {
-            "step": int(r["step"]),
-            "layer": r["layer"],
-            "unit": int(r["unit"]),
-            **{p: float(r[p]) for p in ("p15", "p50", "p85")},
-        }
-        for r in rows
-    )
-    return RunData(run=speedup.load_run(run_dir), summary=summary, activations=activations)
+    summary = speedup.read_summary(run_dir)
+    return RunData(run=speedup.load_run(run_dir, summary), summary=summary)
 
 
 def load_all(paths: Iterable[str | Path]) -> list[RunData]:
@@ -224,8 +231,14 @@ def _figure_groups(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
     return groups
 
 
-def _norm_order(label: str) -> tuple:
-    return (not label.startswith("no BN"), label)
+def _norm_order(curves: dict[str, list[RunData]]):
+    """Sort key for curve labels: the no-norm baseline first, then by label."""
+    return lambda label: (not curves[label][0].without_norm, label)
+
+
+def _baseline_label() -> str:
+    """The label of the registry's identity entry ("no BN"): the curve the Fig. 1 table measures against."""
+    return next(norms.label({"kind": k}) for k in norms.names() if norms.get(k).identity)
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -315,7 +328,7 @@ def plot_fig1a(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
     curves = split_curves(runs, lambda r: r.norm_label)
-    for i, label in enumerate(sorted(curves, key=_norm_order)):
+    for i, label in enumerate(sorted(curves, key=_norm_order(curves))):
         _draw_accuracy(ax, label, curves[label], f"C{i}", band=True)
     ax.set_title(
         f"Fig. 1(a): {_title(runs)}\ntest accuracy, mean over seeds, band: min-max over seeds", fontsize=10
@@ -348,7 +361,7 @@ def _unit_series(run: RunData) -> tuple[str, int, dict[str, np.ndarray]]:
 def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> bool:
     """One panel per norm, shared axes; False (nothing written) when no run has probe rows."""
     curves = split_curves(runs, lambda r: r.norm_label)
-    panels = [(label, _typical_run(curves[label])) for label in sorted(curves, key=_norm_order)]
+    panels = [(label, _typical_run(curves[label])) for label in sorted(curves, key=_norm_order(curves))]
     panels = [(label, run) for label, run in panels if run is not None]
     if not panels:
         return False
@@ -361,7 +374,7 @@ def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Repor
         for p, style, width in (("p85", "--", 1.0), ("p50", "-", 1.6), ("p15", ":", 1.2)):
             ax.plot(series["step"], series[p], color="C0", ls=style, lw=width, label=f"{p[1:]}th percentile")
         note = f", {_stop_text(run)}" if run.stopped_early else f", seed {run.seed}"
-        ax.set_title(("without BN" if label.startswith("no BN") else f"with {label}") + note, fontsize=9)
+        ax.set_title(("without BN" if run.without_norm else f"with {label}") + note, fontsize=9)
         _steps_axis(ax)
         ax.grid(alpha=0.3)
     activation = runs[0].config.get("model", {}).get("activation", "nonlinearity")
@@ -429,9 +442,9 @@ def write_fig3_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: 
 def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     """One row per Fig. 1 curve (FIG1_COLUMNS); the target is the best accuracy of the no-BN mean curve."""
     curves = split_curves(runs, lambda r: r.norm_label)
-    labels = sorted(curves, key=_norm_order)
+    labels = sorted(curves, key=_norm_order(curves))
     means = {label: speedup.mean_curve([r.run for r in curves[label]]) for label in labels}
-    baseline = means.get("no BN")
+    baseline = means.get(_baseline_label())
     target = baseline.max_acc if baseline else None
     base_steps = speedup.steps_to_target(baseline.steps, baseline.test_acc, target) if baseline else None
     rows = []
@@ -496,7 +509,7 @@ def write_fig1_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: 
 def write_summary_csv(runs: Sequence[RunData], out_dir: Path) -> Path:
     path = out_dir / "summary.csv"
     ordered = sorted(
-        runs, key=lambda r: (r.experiment_name, r.dataset, _norm_order(r.norm_label), r.seed or 0)
+        runs, key=lambda r: (r.experiment_name, r.dataset, not r.without_norm, r.norm_label, r.seed or 0)
     )
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
@@ -542,7 +555,7 @@ def make_figures(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
         write_fig1_table(group, out_dir, f"fig1_table_{suffix}", report)
         if not plot_fig1bc(group, out_dir, f"fig1bc_activations_{suffix}", report):
             report.notes.append(
-                f"Fig. 1(b,c) for {_title(group)} skipped: no run has {ACTIVATIONS_FILE} rows"
+                f"Fig. 1(b,c) for {_title(group)} skipped: no run has {measurement_file('activations')} rows"
             )
     if not fig2_runs:
         report.notes.append(f"Fig. 2 and the Fig. 3 table skipped: no {FIG2_PREFIX}* runs")

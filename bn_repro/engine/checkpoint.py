@@ -1,13 +1,14 @@
 """Checkpoints that make a killed run resumable to exactly the metrics of an uninterrupted one.
 
-A checkpoint holds everything the loop's future depends on: model, optimizer, scheduler, the batch
-order, every RNG, the step, and the loop's running accumulators. It is written atomically, so a kill
-while writing leaves the previous checkpoint intact.
+A checkpoint holds everything the loop's future depends on: the run state (bn_repro/engine/state.py:
+step, accumulators, best accuracy, times), model, optimizer, scheduler, the batch order, the
+augmentation stream and every RNG. It is written atomically, so a kill while writing leaves the
+previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
+import copy
 import pickle
 import random
 import zipfile
@@ -17,8 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bn_repro.records.run_files import METRICS_FILE, atomic_write
+
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 1
+# 2: the run state replaced the format-1 "summary" and "window" entries.
+FORMAT_VERSION = 2
 
 # Keys that may differ between the interrupted and the resuming command: they change neither the
 # training trajectory nor the meaning of the rows already written.
@@ -27,6 +31,9 @@ _MAY_DIFFER = (
     ("trainer", "progress"),
     ("trainer", "checkpoint_every"),
     ("logger",),
+    # Measurements never change the trajectory (bn_repro/measures/base.isolated): one may be added,
+    # dropped or re-timed when a run is resumed.
+    ("measure",),
 )
 
 
@@ -35,8 +42,6 @@ class CheckpointError(RuntimeError):
 
 
 def _comparable(config: dict) -> dict:
-    import copy
-
     config = copy.deepcopy(config)
     for path in _MAY_DIFFER:
         node = config
@@ -75,12 +80,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
 
 
 def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
@@ -95,8 +96,14 @@ def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
             f"checkpoint {path} is unreadable ({type(err).__name__}: {err}). It is not overwritten: move "
             f"it away to resume from nothing, or choose a new run dir (hydra.run.dir=...)"
         ) from err
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is not a bn_repro checkpoint of format {FORMAT_VERSION}")
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a bn_repro checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {state['format_version']!r}, written by another version of "
+            f"bn_repro; this one reads format {FORMAT_VERSION}. Resume it with the commit that wrote it "
+            f"(summary.json's provenance.git_commit), or start a new run dir (hydra.run.dir=...)"
+        )
     diffs = _differences(_comparable(state["config"]), _comparable(config))
     if diffs:
         raise CheckpointError(
@@ -105,3 +112,17 @@ def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
             + "\nUse the original overrides, or a new run dir (hydra.run.dir=...)."
         )
     return state
+
+
+def check_run_dir(run_dir: Path, config: dict) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None for a fresh run; refuses to start over existing results."""
+    checkpoint = Path(run_dir) / CHECKPOINT_FILE
+    if checkpoint.exists():
+        return load_checkpoint(checkpoint, config)
+    metrics = Path(run_dir) / METRICS_FILE
+    if metrics.exists() and metrics.stat().st_size > 0:
+        raise CheckpointError(
+            f"{run_dir} already holds results ({METRICS_FILE}) but no {CHECKPOINT_FILE} to resume from; "
+            f"refusing to start over them. Choose a new run dir (hydra.run.dir=...), or delete the old files."
+        )
+    return None

@@ -3,14 +3,14 @@
     torchrun --standalone --nproc_per_node=2 -m bn_repro.train data=synthetic norm=custom
 
 Each rank takes its share of every global batch (data.batch_size is the global batch); gradients are
-averaged by DDP; the custom BatchNorm all-reduces its per-channel sums so its statistics are those of the
-global batch, and built-in BN becomes nn.SyncBatchNorm on GPU. Only rank 0 writes files and logs.
+averaged by DDP; each norm layer follows its registry rule (bn_repro/norms/sync.py: the custom BatchNorm
+all-reduces its per-channel sums so its statistics are those of the global batch, built-in BN becomes
+nn.SyncBatchNorm on GPU). Only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,25 +80,6 @@ def sum_over_replicas(tensor: torch.Tensor, replicas: Replicas) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor)
     return tensor
-
-
-def synchronize_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Batch statistics over the global batch: custom BN all-reduces, built-in BN becomes SyncBatchNorm."""
-    from bn_repro.norm import BatchNorm
-
-    for module in model.modules():
-        if isinstance(module, BatchNorm):
-            module.process_group = dist.group.WORLD
-    has_builtin = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if has_builtin and device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if has_builtin:
-        warnings.warn(
-            "nn.SyncBatchNorm needs CUDA: on the CPU built-in BN normalises each replica's share of the "
-            "batch on its own. Use norm=custom for synchronized statistics on the CPU.",
-            stacklevel=2,
-        )
-    return model
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bn_repro.run_files import METRICS_FILE, SUMMARY_FILE, read_csv
+from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, read_csv
 
 BASELINE = "fig2_inception"
 # The paper's row order (Fig. 3), then fig2_sigmoid; other variants follow alphabetically.
@@ -96,9 +96,14 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def load_run(run_dir: str | Path) -> Run:
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+
+
+def load_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> Run:
+    """A run dir's curve and status (`summary`: its summary.json, when the caller has read it)."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary = read_summary(run_dir) if summary is None else summary
     metrics_path = run_dir / METRICS_FILE
     rows = read_csv(metrics_path) if metrics_path.exists() else []
     points = [(int(r["step"]), float(r["test_acc"])) for r in rows]

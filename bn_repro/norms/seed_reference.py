@@ -2,7 +2,7 @@
 
 This is the implementation from seeds/000_3440cd5a8894fd8a.txt, rewritten with the same behaviour,
 defects included on purpose. It exists for the benchmark (scripts/bench_norm.py) and for the tests
-that document how it differs from torch.nn.BatchNorm; use bn_repro.norm.BatchNorm in models.
+that document how it differs from torch.nn.BatchNorm; use bn_repro.norms.batchnorm.BatchNorm in models.
 
 Its defects, none of them fixed here:
 - Train/eval is picked by torch.is_grad_enabled(), not by module.training: model.eval() without

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
-CHANNELS_LAST = ("auto", True, False)
 
 
 def has_conv2d(model: nn.Module) -> bool:

@@ -1,8 +1,10 @@
-"""The files a run leaves in its output dir; other issues and the figure scripts read them.
+"""The files a run leaves in its output dir; the figure scripts and the wandb export read them.
 
 - metrics.csv: one row per evaluation.
-- activations.csv: one row per (evaluation, probed layer, probed unit).
+- <measurement>.csv: one file per measurement on the seam (bn_repro/measures/), `step` first; e.g.
+  activations.csv: one row per (measured step, probed layer, probed unit).
 - summary.json: final (or latest) numbers, provenance and the resolved config.
+- checkpoint.pt: with trainer.checkpoint_every > 0 (bn_repro/engine/checkpoint.py).
 
 Rows are flushed as they are written and summary.json is replaced atomically, so a killed run leaves
 files that parse.
@@ -10,21 +12,20 @@ files that parse.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 METRICS_FILE = "metrics.csv"
-ACTIVATIONS_FILE = "activations.csv"
 SUMMARY_FILE = "summary.json"
 
 METRICS_COLUMNS = (
     "step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "wall_time_s", "steps_per_s",
 )  # fmt: skip
-ACTIVATIONS_COLUMNS = ("step", "layer", "unit", "p15", "p50", "p85", "mean", "std", "layer_mean", "layer_std")
 
 
 class CsvLog:
@@ -58,15 +59,53 @@ class NullLog:
         pass
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator:
+    """Write `path` through a temporary file that replaces it only once complete (and on disk), so a
+    kill while writing leaves the previous file intact."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    with atomic_write(path) as f:
         json.dump(payload, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def measurement_file(name: str) -> str:
+    """The run file of measurement `name`."""
+    return f"{name}.csv"
+
+
+def _parsed(values: list[str]) -> list:
+    """A CSV column as numbers where every value is one (ints if all are ints), else as strings."""
+    for kind in (int, float):
+        try:
+            return [kind(v) for v in values]
+        except ValueError:
+            continue
+    return values
+
+
+def read_measurement(run_dir: Path, name: str) -> list[dict]:
+    """The rows of `<name>.csv` in `run_dir` with numeric columns parsed; [] when the file is absent."""
+    path = Path(run_dir) / measurement_file(name)
+    if not path.exists():
+        return []
+    rows = read_csv(path)
+    if not rows:
+        return []
+    columns = {column: _parsed([r[column] for r in rows]) for column in rows[0]}
+    return [{column: values[i] for column, values in columns.items()} for i in range(len(rows))]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -100,9 +139,7 @@ def truncate_rows_after(path: Path, step: int) -> None:
         columns, rows = reader.fieldnames, [r for r in reader if int(r["step"]) <= step]
     if columns is None:
         return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

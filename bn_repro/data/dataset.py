@@ -1,36 +1,39 @@
-"""Datasets held whole on the training device as uint8 tensors, and the batch order that indexes them.
+"""Datasets held whole on the training device as uint8 tensors: where the files are looked for, how
+they are downloaded, and the standardisation applied to every batch.
 
     data = load_dataset("fashion_mnist", "data", device="cuda")   # also finds Debian's copy offline
-    batches = EpochBatches(len(data.train_y), 60, torch.Generator().manual_seed(0), data.train_y.device)
-    idx = next(batches)
     x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
 
-The image files are parsed here (IDX for MNIST/Fashion-MNIST, the pickled batches for CIFAR-10) so that
-loading is a decompress, a hash and one copy to the device; torchvision is used only to download.
+The files are parsed by bn_repro/data/readers.py, so that loading is a decompress, a hash and one copy
+to the device; torchvision is used only to download.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
-import math
 import os
-import pickle
 import posixpath
 import shutil
 import socket
-import struct
 import tarfile
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from bn_repro.data.readers import (
+    CIFAR_SHAPE,
+    SYNTHETIC_DEFAULTS,
+    SYNTHETIC_SHAPES,
+    DatasetFormatError,
+    make_synthetic,
+    parse_cifar_batch,
+    read_idx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,31 +56,15 @@ SYSTEM_DATA_DIRS: dict[str, tuple[Path, ...]] = {
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TARBALL = "cifar-10-python.tar.gz"
 CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
-CIFAR_SHAPE = (3, 32, 32)
-
-SYNTHETIC_SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
-SYNTHETIC_DEFAULTS = {"shape": "mnist", "num_train": 2000, "num_test": 500, "num_classes": 10, "seed": 0}
-# Prototype amplitude and pixel noise (uint8 units). Measured at 2000 train examples, batch 60, SGD: a
-# linear classifier is near 100% after ~100 steps, a 3x100 sigmoid MLP without BN after ~300-500. It is
-# a smoke-test task that shows learning quickly, not a benchmark.
-SYNTHETIC_SIGNAL = 40.0
-SYNTHETIC_NOISE = 64.0
 
 OFFLINE_HINT = (
     "Offline, data=fashion_mnist reads Debian's copy (apt-get install dataset-fashion-mnist, "
     "files in /usr/share/datasets/fashion-mnist), and data=synthetic needs no files."
 )
 
-_IDX_UBYTE = 0x08
-_GZIP_MAGIC = b"\x1f\x8b"
-
 
 class DatasetUnavailableError(RuntimeError):
     """The dataset's files are not on this machine and could not be downloaded."""
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file is there but does not hold what its format promises."""
 
 
 @dataclass(eq=False)  # field-wise == on tensors has no single truth value
@@ -114,6 +101,20 @@ class DeviceDataset:
         return torch.addcmul(self._shift, x_uint8, self._scale)
 
 
+def dataset_shape(name: str, synthetic: dict | None = None) -> tuple[tuple[int, int, int], int]:
+    """(image shape, class count) of a dataset, known without reading its files."""
+    if name == "synthetic":
+        opts = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
+        if opts["shape"] not in SYNTHETIC_SHAPES:
+            raise ValueError(
+                f"synthetic shape {opts['shape']!r}; valid choices: {', '.join(SYNTHETIC_SHAPES)}"
+            )
+        return SYNTHETIC_SHAPES[opts["shape"]], int(opts["num_classes"])
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
+    return (CIFAR_SHAPE if name == "cifar10" else (1, 28, 28)), 10
+
+
 def load_dataset(
     name: str,
     root: str | Path,
@@ -134,7 +135,7 @@ def load_dataset(
     root = Path(root).expanduser()
     started = time.perf_counter()
     if name == "synthetic":
-        arrays, num_classes, checksum, source = _make_synthetic(synthetic or {})
+        arrays, num_classes, checksum, source = make_synthetic(synthetic or {})
     elif name == "cifar10":
         arrays, checksum, source = _load_cifar10(root, download, download_timeout_s)
         num_classes = 10
@@ -193,41 +194,6 @@ def _channel_mean_std(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 # ---------------------------------------------------------------- MNIST and Fashion-MNIST (IDX files)
-
-
-def read_idx(path: Path, ndim: int) -> tuple[np.ndarray, bytes]:
-    """Parse an IDX file of unsigned bytes with `ndim` dimensions (raw or gzip): (array, the file's bytes)."""
-    file_bytes = path.read_bytes()
-    content = file_bytes
-    if content[:2] == _GZIP_MAGIC:
-        try:
-            content = gzip.decompress(content)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DatasetFormatError(f"{path}: not a readable gzip file ({err})") from err
-    if len(content) < 4:
-        raise DatasetFormatError(f"{path}: {len(content)} bytes, too short for an IDX header")
-    zero, type_code, dims_count = struct.unpack(">HBB", content[:4])
-    if zero != 0:
-        raise DatasetFormatError(
-            f"{path}: bad IDX magic number 0x{content[:4].hex()} (expected 0x0000{_IDX_UBYTE:02x}{ndim:02x})"
-        )
-    if type_code != _IDX_UBYTE:
-        raise DatasetFormatError(f"{path}: IDX element type 0x{type_code:02x}, expected 0x08 (unsigned byte)")
-    if dims_count != ndim:
-        raise DatasetFormatError(f"{path}: IDX data has {dims_count} dimensions, expected {ndim}")
-    header_len = 4 + 4 * ndim
-    if len(content) < header_len:
-        raise DatasetFormatError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", content[4:header_len])
-    expected = math.prod(dims)
-    if len(content) - header_len != expected:
-        raise DatasetFormatError(
-            f"{path}: IDX payload is {len(content) - header_len} bytes but dimensions {dims} need {expected}"
-        )
-    if expected == 0:
-        raise DatasetFormatError(f"{path}: IDX data is empty (dimensions {dims})")
-    array = np.frombuffer(content, dtype=np.uint8, count=expected, offset=header_len).reshape(dims)
-    return array, file_bytes
 
 
 def _idx_search_dirs(name: str, root: Path) -> list[Path]:
@@ -346,7 +312,7 @@ def _load_cifar10(root: Path, download: bool, timeout_s: float):
     for path in found:
         file_bytes = path.read_bytes()
         hasher.update(file_bytes)
-        parts.append(_parse_cifar_batch(path, file_bytes))
+        parts.append(parse_cifar_batch(path, file_bytes))
     train_x = torch.from_numpy(np.concatenate([x for x, _ in parts[:-1]]))
     train_y = torch.from_numpy(np.concatenate([y for _, y in parts[:-1]]))
     test_x, test_y = (torch.from_numpy(a) for a in parts[-1])
@@ -377,135 +343,3 @@ def _extract_cifar_tarball(tarball: Path, root: Path) -> None:
                 os.replace(partial, destination)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise DatasetFormatError(f"{tarball}: cannot extract the CIFAR-10 batches ({err})") from err
-
-
-def _parse_cifar_batch(path: Path, file_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
-    # Unpickling runs code from the file: the same trust torchvision places in the official archive.
-    try:
-        batch = pickle.loads(file_bytes, encoding="bytes")
-    except Exception as err:
-        raise DatasetFormatError(f"{path}: not a readable CIFAR-10 pickle batch ({err})") from err
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise DatasetFormatError(f"{path}: expected a dict with b'data' and b'labels', got {keys}")
-    images, labels = batch[b"data"], batch[b"labels"]
-    pixels = math.prod(CIFAR_SHAPE)
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != (pixels,):
-        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise DatasetFormatError(f"{path}: b'data' is {got}, expected uint8 (N, {pixels})")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as err:
-        raise DatasetFormatError(f"{path}: b'labels' are not integers ({err})") from err
-    if labels.shape != (len(images),):
-        raise DatasetFormatError(f"{path}: {len(images)} images but b'labels' has shape {labels.shape}")
-    if len(images) == 0:
-        raise DatasetFormatError(f"{path}: the batch is empty")
-    if labels.min() < 0 or labels.max() >= 10:
-        raise DatasetFormatError(f"{path}: labels span [{labels.min()}, {labels.max()}], outside [0, 9]")
-    return np.ascontiguousarray(images.reshape(-1, *CIFAR_SHAPE)), labels
-
-
-# ---------------------------------------------------------------- synthetic
-
-
-def _make_synthetic(options: dict[str, Any]):
-    """Class prototypes (smooth random images) plus pixel noise, clipped to uint8; its own generator."""
-    unknown = set(options) - set(SYNTHETIC_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown synthetic keys {sorted(unknown)}; valid: {', '.join(SYNTHETIC_DEFAULTS)}")
-    opts = {**SYNTHETIC_DEFAULTS, **options}
-    if opts["shape"] not in SYNTHETIC_SHAPES:
-        raise ValueError(f"synthetic shape {opts['shape']!r}; valid choices: {', '.join(SYNTHETIC_SHAPES)}")
-    for key in ("num_train", "num_test", "num_classes"):
-        value = opts[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"synthetic {key}={value!r}; expected an integer >= 1")
-    channels, height, width = SYNTHETIC_SHAPES[opts["shape"]]
-    generator = torch.Generator().manual_seed(int(opts["seed"]))
-    coarse = torch.randn(opts["num_classes"], channels, 7, 7, generator=generator)
-    prototypes = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    prototypes = 128.0 + SYNTHETIC_SIGNAL * prototypes
-
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.randint(opts["num_classes"], (n,), generator=generator)
-        noise = torch.randn(n, channels, height, width, generator=generator)
-        images = (prototypes[labels] + SYNTHETIC_NOISE * noise).round_().clamp_(0, 255).to(torch.uint8)
-        return images, labels
-
-    arrays = (*draw(opts["num_train"]), *draw(opts["num_test"]))
-    hasher = hashlib.sha256()
-    for tensor in arrays:
-        hasher.update(tensor.numpy())
-    return arrays, opts["num_classes"], hasher.hexdigest(), "generated"
-
-
-# ---------------------------------------------------------------- batch order
-
-
-class EpochBatches:
-    """Endless training batches from a per-epoch random permutation (drop the ragged tail).
-
-    Each epoch's permutation is drawn from the CPU `generator` and copied to `device` once, so the batch
-    order is the same on every device. `epoch` is the epoch of the last batch handed out, and
-    `epoch * batches_per_epoch + position` counts the batches handed out so far.
-    """
-
-    def __init__(self, num_examples: int, batch_size: int, generator: torch.Generator, device):
-        if type(batch_size) is not int or not 0 < batch_size <= num_examples:
-            raise ValueError(
-                f"batch_size={batch_size!r}: expected an integer in [1, num_examples={num_examples}]"
-            )
-        if generator.device.type != "cpu":
-            raise ValueError(f"the generator must be a CPU generator, got one on {generator.device}")
-        self.num_examples = int(num_examples)
-        self.batch_size = batch_size
-        self.batches_per_epoch = self.num_examples // batch_size
-        self.generator = generator
-        self.device = torch.device(device)
-        self.epoch = 0
-        self.position = 0
-        self._set_permutation(torch.randperm(self.num_examples, generator=self.generator))
-
-    def _set_permutation(self, permutation: torch.Tensor) -> None:
-        self._permutation_cpu = permutation
-        self._permutation = permutation.to(self.device)
-
-    def __iter__(self) -> EpochBatches:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        if self.position == self.batches_per_epoch:
-            self._set_permutation(torch.randperm(self.num_examples, generator=self.generator))
-            self.epoch += 1
-            self.position = 0
-        start = self.position * self.batch_size
-        self.position += 1
-        return self._permutation[start : start + self.batch_size]
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs for the same batches, including the generator's state
-        (it decides every later epoch's permutation). All tensors on the CPU."""
-        return {
-            "num_examples": self.num_examples,
-            "batch_size": self.batch_size,
-            "epoch": self.epoch,
-            "position": self.position,
-            "permutation": self._permutation_cpu.clone(),
-            "generator_state": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state_dict; also sets the generator's state."""
-        for key in ("num_examples", "batch_size"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"state_dict has {key}={state[key]}, this sampler {getattr(self, key)}")
-        if not 0 <= state["position"] <= self.batches_per_epoch or state["epoch"] < 0:
-            raise ValueError(f"state_dict has epoch={state['epoch']}, position={state['position']}")
-        permutation = torch.as_tensor(state["permutation"], dtype=torch.int64, device="cpu")
-        if permutation.shape != (self.num_examples,):
-            raise ValueError(f"state_dict permutation has shape {tuple(permutation.shape)}")
-        self.generator.set_state(state["generator_state"])
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self._set_permutation(permutation.clone())

@@ -12,13 +12,14 @@ Mode precedence (logger.mode: online | offline | disabled): an explicit `logger.
 otherwise the WANDB_MODE environment variable; otherwise offline (configs/logger/wandb.yaml resolves
 `${oc.env:WANDB_MODE,offline}`, and the mode is passed to wandb.init, where it beats WANDB_MODE).
 
-What a run logs at each evaluation, with `step` (the training step) as the x axis of every chart:
-- the metrics row under METRIC_KEYS names (train/loss, test/acc, train/lr, perf/steps_per_s, ...);
-- each probed unit's statistics as `act/<layer>/<unit>/<stat>` (p15, p50, p85, mean, std) and each layer's
-  as `act/<layer>/layer_mean|layer_std`;
-- a histogram of each probed layer's values as `act_hist/<layer>` (HISTOGRAM_BINS bins);
-and at the end the summary (run.summary; the config is in run.config). bn_repro/wandb_export.py reads
-these keys back into the local run files.
+What a run logs, one wandb row per step that has anything, with `step` (the training step) as the x
+axis of every chart:
+- at each evaluation, the metrics row under METRIC_KEYS names (train/loss, test/acc, train/lr, ...);
+- each measurement's rows as its `wandb_payload` makes them (bn_repro/measures/base.py: by default
+  `<name>/<index values>/<column>`; the activation probe keeps `act/<layer>/<unit>/<stat>`), a tensor
+  value becoming a histogram (HISTOGRAM_BINS bins), e.g. the probe's `act_hist/<layer>`;
+and at the end the summary (run.summary; the config is in run.config). bn_repro/records/wandb_export.py
+reads these keys back into the local run files.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from bn_repro.run_files import ACTIVATIONS_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +51,6 @@ METRIC_KEYS = {
     "steps_per_s": "perf/steps_per_s",
 }
 STEP_KEY = METRIC_KEYS["step"]
-ACT_PREFIX = "act/"
-HIST_PREFIX = "act_hist/"
-# activations.csv columns: per-layer statistics start with "layer_", the rest (after the row keys) are
-# per-unit statistics.
-LAYER_STATS = tuple(c for c in ACTIVATIONS_COLUMNS if c.startswith("layer_"))
-ROW_KEYS = ("step", "layer", "unit")
-UNIT_STATS = tuple(c for c in ACTIVATIONS_COLUMNS if c not in ROW_KEYS and c not in LAYER_STATS)
 # Our choice: 64 bins show the shape of a sigmoid input distribution; wandb accepts at most 512.
 HISTOGRAM_BINS = 64
 # Our choice: a histogram of at most this many values (an even stride through the layer's values), so
@@ -67,9 +59,6 @@ HISTOGRAM_MAX_VALUES = 1_000_000
 # Under a wandb sweep the sweep's parameters replace config keys of the same name (a Hydra group choice
 # such as norm=builtin replaces the resolved `norm` dict); the full resolved config is kept under this key.
 RESOLVED_CONFIG_KEY = "resolved_config"
-# The probed layers in depth order (wandb does not keep the order of logged keys), so an export lists
-# them as activations.csv does, the last hidden layer last.
-PROBE_LAYERS_KEY = "_probe_layers"
 # Overrides that do not tell runs apart in a group: the preset is the group, logger.* is plumbing.
 _NAME_EXCLUDED_KEYS = ("experiment", "logger")
 
@@ -88,8 +77,8 @@ class NullTracker:
         """Where the run is mirrored (for summary.json); None when it is not."""
         return None
 
-    def log_eval(self, row: Mapping[str, Any], probe_result=None) -> None:
-        pass
+    def log_step(self, step: int, metrics: Mapping[str, Any] | None = None, measured=()) -> None:
+        """One wandb row for `step`: the metrics row (at an evaluation) and each (measurement, rows)."""
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         pass
@@ -110,7 +99,7 @@ class WandbTracker(NullTracker):
     def __init__(self, run, wandb_module):
         self._run = run
         self._wandb = wandb_module
-        self._layers_recorded = False
+        self._configured: set[str] = set()  # measurements whose wandb_config is recorded
         self._info = {
             "id": run.id, "name": run.name, "project": run.project, "entity": run.entity or None,
             "group": run.group, "mode": run.settings.mode, "dir": run.settings.sync_dir,
@@ -129,21 +118,25 @@ class WandbTracker(NullTracker):
         except Exception:  # noqa: BLE001 - already failing; the warning above is the report
             pass
 
-    def log_eval(self, row: Mapping[str, Any], probe_result=None) -> None:
+    def log_step(self, step: int, metrics: Mapping[str, Any] | None = None, measured=()) -> None:
         if self._run is None:
             return
         try:
-            payload = {metric_key(k): v for k, v in row.items()}
-            if probe_result is not None:
-                if not self._layers_recorded:
-                    layers = list(dict.fromkeys(r["layer"] for r in probe_result.rows))
-                    self._run.config.update({PROBE_LAYERS_KEY: layers}, allow_val_change=True)
-                    self._layers_recorded = True
-                payload.update(activation_scalars(probe_result.rows))
-                for layer, values in probe_result.layer_values.items():
-                    histogram = self._histogram(values)
-                    if histogram is not None:
-                        payload[HIST_PREFIX + layer] = histogram
+            payload: dict[str, Any] = {STEP_KEY: step}
+            if metrics is not None:
+                payload.update({metric_key(k): v for k, v in metrics.items()})
+            for measurement, rows in measured:
+                if measurement.name not in self._configured:
+                    self._configured.add(measurement.name)
+                    extra = measurement.wandb_config(rows)
+                    if extra:
+                        self._run.config.update(extra, allow_val_change=True)
+                for key, value in measurement.wandb_payload(rows).items():
+                    if isinstance(value, torch.Tensor):
+                        value = self._histogram(value)
+                        if value is None:
+                            continue
+                    payload[key] = value
             self._run.log(payload)
         except Exception as error:  # noqa: BLE001 - wandb must never stop training
             self._failed("log", error)
@@ -180,18 +173,6 @@ class WandbTracker(NullTracker):
         if offline:
             log.info("wandb offline run in %s; upload it with: wandb sync %s", run.settings.sync_dir,
                      run.settings.sync_dir)  # fmt: skip
-
-
-def activation_scalars(rows) -> dict[str, float]:
-    """Probe rows (the activations.csv columns) -> {act/<layer>/<unit>/<stat>, act/<layer>/<layer stat>}."""
-    scalars = {}
-    for row in rows:
-        layer = row["layer"]
-        for stat in UNIT_STATS:
-            scalars[f"{ACT_PREFIX}{layer}/{row['unit']}/{stat}"] = row[stat]
-        for stat in LAYER_STATS:
-            scalars[f"{ACT_PREFIX}{layer}/{stat}"] = row[stat]
-    return scalars
 
 
 def hydra_task_overrides() -> list[str] | None:

@@ -1,0 +1,1 @@
+"""Training: the step, the loop, the run state a checkpoint holds, the fast path and DDP."""
