@@ -159,3 +159,18 @@ def test_resume_keeps_measurement_rows_unduplicated(registered, tmp_path, monkey
         assert read_csv(tmp_path / "parts" / name) == read_csv(tmp_path / "whole" / name), name
     summary = json.loads((tmp_path / "parts/summary.json").read_text())
     assert summary["resumed_from_step"] == 14
+
+
+def test_without_an_index_the_leading_string_columns_tell_rows_apart(registered):
+    @measures.register_measurement("plain")
+    class Plain(measures.Measurement):
+        columns = ("layer", "value")
+
+        def measure(self, ctx):
+            return []
+
+    rows = [{"layer": "conv10", "value": 1.5}, {"layer": "conv2", "value": -2.0}]
+    payload = Plain().wandb_payload(rows)
+    assert payload == {"plain/conv10/value": 1.5, "plain/conv2/value": -2.0}
+    _, measured = history_rows([{"step": 3, **payload}])
+    assert measured["plain"] == [{"step": 3, **rows[1]}, {"step": 3, **rows[0]}]

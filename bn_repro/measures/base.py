@@ -59,6 +59,7 @@ class Measurement:
 
     name: ClassVar[str] = ""
     columns: ClassVar[tuple[str, ...]] = ()
+    # The columns that tell a step's rows apart (the wandb key path); empty: the leading string columns.
     index: ClassVar[tuple[str, ...]] = ()
     phase: ClassVar[str] = "after_step"
     # The wandb key prefix; the name unless a measurement keeps older keys (the probe's `act/`).
@@ -76,15 +77,27 @@ class Measurement:
         return cls.wandb_prefix or cls.name
 
     @classmethod
-    def value_columns(cls) -> tuple[str, ...]:
-        return tuple(c for c in cls.columns if c not in cls.index)
+    def index_columns(cls, rows: list[dict] | None = None) -> tuple[str, ...]:
+        """`index`, or where a class leaves it empty, the leading columns that hold strings in `rows`
+        (("layer", "value") with layer names: ("layer",)); the export reads as many leading columns
+        from a key's path as it has parts."""
+        if cls.index or not rows:
+            return cls.index
+        leading = []
+        for column in cls.columns:
+            if not all(isinstance(row.get(column), str) for row in rows):
+                break
+            leading.append(column)
+        return tuple(leading)
 
     def wandb_payload(self, rows: list[dict]) -> dict[str, Any]:
+        index = self.index_columns(rows)
         payload = {}
         for row in rows:
-            path = "/".join([self.prefix(), *(str(row[c]) for c in self.index)])
-            for column in self.value_columns():
-                payload[f"{path}/{column}"] = row[column]
+            path = "/".join([self.prefix(), *(str(row[c]) for c in index)])
+            for column in self.columns:
+                if column not in index:
+                    payload[f"{path}/{column}"] = row[column]
         return payload
 
     def wandb_config(self, rows: list[dict]) -> dict[str, Any]:
@@ -95,7 +108,7 @@ class Measurement:
     def order_key(cls, row: Mapping[str, Any], config: Mapping[str, Any]) -> tuple:
         """The order of a step's rows in the run file when they come back from wandb (which keeps no
         key order); `config` is the wandb run's config. By default, natural order of the index values."""
-        return tuple(natural_order(str(row[c])) for c in cls.index)
+        return tuple(natural_order(str(row[c])) for c in cls.index or cls.columns if isinstance(row[c], str))
 
     @classmethod
     def rows_from_wandb(cls, step: int, entry: Mapping[str, Any]) -> list[dict]:
@@ -106,10 +119,11 @@ class Measurement:
             if not key.startswith(head):
                 continue
             parts = key[len(head) :].split("/")
-            if len(parts) != len(cls.index) + 1 or parts[-1] not in cls.value_columns():
+            index_columns = cls.index or cls.columns[: len(parts) - 1]
+            if len(parts) != len(index_columns) + 1 or parts[-1] not in cls.columns[len(index_columns) :]:
                 continue
             index = tuple(parts[:-1])
-            row = rows.setdefault(index, {"step": step, **dict(zip(cls.index, index, strict=True))})
+            row = rows.setdefault(index, {"step": step, **dict(zip(index_columns, index, strict=True))})
             row[parts[-1]] = math.nan if value is None else value
         return [{c: row.get(c, math.nan) for c in ("step", *cls.columns)} for row in rows.values()]
 
@@ -153,8 +167,12 @@ def get(name: str) -> type[Measurement]:
 
 def options_of(cls: type[Measurement]) -> dict[str, Any]:
     """The measurement's options and their defaults (the keyword parameters of its __init__)."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _takes_any_option(cls: type[Measurement]) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
 
 
 def check_config(measure_cfg: Mapping[str, Any]) -> None:
@@ -167,7 +185,7 @@ def check_config(measure_cfg: Mapping[str, Any]) -> None:
                 f"measure.{name}.every={every!r} is not valid; expected an integer >= 0 (0: off)"
             )
         unknown = sorted(set(entry) - {"every"} - set(options_of(cls)))
-        if unknown:
+        if unknown and not (cls.__init__ is not object.__init__ and _takes_any_option(cls)):
             raise MeasureConfigError(
                 f"measure.{name} has no option {', '.join(map(repr, unknown))}; "
                 f"its options: {', '.join(['every', *options_of(cls)])}"
