@@ -169,3 +169,27 @@ def test_missing_or_nan_values_become_nan(value, tmp_path):
     run.history = [{**run.history[1], "test/loss": value}]
     (row,) = read_csv(export_run(run, tmp_path) / "metrics.csv")
     assert math.isnan(float(row["test_loss"]))
+
+
+def test_export_script_answers_an_offline_run_with_its_local_files(tmp_path, wandb_env, capsys):
+    job = tmp_path / "job"
+    train(compose_config([*SMOKE, "logger=wandb", "trainer.max_steps=5"]), job)
+    (offline,) = (job / "wandb").glob("offline-run-*")
+    script = _load_script()
+    assert script.main([str(offline)]) == 0
+    out = capsys.readouterr().out
+    assert f"local run files are already in {job.resolve()}" in out and "wandb sync" in out
+    assert script.main([str(job)]) == 0
+    assert script.main([str(tmp_path)]) == 1  # not a run
+    assert "is not a wandb run of a bn_repro job" in capsys.readouterr().err
+
+
+def test_export_script_without_a_login_says_so_in_one_line(tmp_path, wandb_env, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    script = _load_script()
+    assert script.main(["--group", "fig1_mnist", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "wandb login" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as usage:
+        script.main(["--no-such-flag"])
+    assert usage.value.code == 2
