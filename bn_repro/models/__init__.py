@@ -9,10 +9,14 @@ from typing import Any
 from torch import nn
 
 from bn_repro.models.inception import Inception
+from bn_repro.models.linear_deep import DeepLinear
 from bn_repro.models.mlp import MLP
+from bn_repro.models.vgg import VGG
 from bn_repro.norms import NormFactory
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "inception": Inception}
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP, "inception": Inception, "linear_deep": DeepLinear, "vgg": VGG,
+}  # fmt: skip
 
 
 def build_model(
