@@ -11,18 +11,25 @@ the loop.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from bn_repro.engine import distributed
-from bn_repro.engine.loop import train
-
 __all__ = ["main", "train"]
 
 
+def train(cfg, run_dir):
+    """bn_repro.engine.loop.train (imported on first use: torch is not needed to parse a command line)."""
+    from bn_repro.engine.loop import train as run
+
+    return run(cfg, run_dir)
+
+
+# torch and the package are imported only once Hydra has parsed and composed the config, so a typo in a
+# key, an unknown preset, --help and --cfg job answer without waiting for them.
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -38,7 +45,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point (`bn-repro-train`): under torchrun, agree on one run dir before Hydra starts."""
-    distributed.share_run_stamp()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from bn_repro.engine import distributed
+
+        distributed.share_run_stamp()
     _hydra_main()
 
 
