@@ -1,13 +1,14 @@
 """Forward+backward time of the BatchNorm implementations, training mode, interleaved A/B rounds.
 
-    python scripts/bench_norm.py --device cpu --repeats 30
+    python scripts/bench_norm.py --device cpu --threads 1 --repeats 30
 
 Implementations: builtin (nn.BatchNorm1d for (N, C), nn.BatchNorm2d for (N, C, H, W)), custom
 autograd and custom explicit (bn_repro.norms.BatchNorm), and the seed notebook's baseline
 (bn_repro.norms.seed_reference.SeedBatchNorm). One step is y = bn(x) then torch.autograd.grad of y
 against x and the affine parameters with a fixed random upstream gradient.
 
-Method: everything runs in one process with torch's default thread count. After warmup, each
+Method: everything runs in one process, with `--threads` intra-op threads (default: torch's own
+choice; the header line of the output says how many ran). After warmup, each
 round times one block of `--iters` steps per implementation (auto-sized to ~20 ms of the
 built-in by default), in an order rotated every round so no implementation always runs first.
 The table gives the median per-step time over `--repeats` rounds, the interquartile range, and
@@ -40,7 +41,7 @@ except ImportError:  # not on Windows
 import torch
 from torch import nn
 
-from bn_repro.norms.batchnorm import BatchNorm
+from bn_repro import norms
 from bn_repro.norms.seed_reference import SeedBatchNorm
 
 DEFAULT_SHAPES = ["60,100", "256,1024", "32,64,32,32", "128,64,32,32"]
@@ -50,13 +51,15 @@ HEAP_WARMUP_BYTES = 16 << 20
 
 
 def make_layer(name: str, shape: tuple[int, ...], device: torch.device) -> nn.Module:
+    """builtin and custom come from the norm registry (as models get them); seed is the unregistered
+    notebook reference."""
     channels = shape[1]
-    if name == "builtin":
-        layer = nn.BatchNorm1d(channels) if len(shape) == 2 else nn.BatchNorm2d(channels)
-    elif name == "seed":
+    if name == "seed":
         layer = SeedBatchNorm(channels, num_dims=len(shape))
+    elif name == "builtin":
+        layer = norms.build("builtin", channels, len(shape))
     else:
-        layer = BatchNorm(channels, backward=name)
+        layer = norms.build("custom", channels, len(shape), backward=name)
     return layer.to(device).train()
 
 

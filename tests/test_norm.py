@@ -456,3 +456,21 @@ def test_process_group_of_one_matches_torch(shape, backward, single_rank_group):
         assert_same_step(ref, ours, batch(shape, step), step)
     assert_same_buffers(ref, ours)
     assert "process_group" not in ours.state_dict()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_recompute_skips_empty_batches_and_accumulates_16bit_in_float32(dtype):
+    """An empty batch (a DDP rank's empty shard) has no statistics and does not count; 16-bit
+    inputs are accumulated in float32."""
+    model = nn.Sequential(BatchNorm(3)).to(dtype)
+    full = [(batch((4096, 3), seed) * 4 + 30).to(dtype) for seed in range(2)]
+    batches = [full[0], torch.empty(0, 3, dtype=dtype), full[1]]
+    recompute_population_statistics(model, batches, 3)
+    layer = model[0]
+    expected_mean = torch.stack([x.double().mean(0) for x in full]).mean(0)
+    expected_var = torch.stack([x.double().var(0) for x in full]).mean(0)
+    tol = {"rtol": 2 * torch.finfo(dtype).eps, "atol": 0.0}
+    torch.testing.assert_close(layer.running_mean.double(), expected_mean.to(dtype).double(), **tol)
+    torch.testing.assert_close(layer.running_var.double(), expected_var.to(dtype).double(), **tol)
+    assert layer.running_mean.dtype == dtype
+    assert layer.num_batches_tracked.item() == 2

@@ -165,6 +165,19 @@ _DUAL_RUNNING_STATS = (
 )
 
 
+# torch's message for the same case (vmap over a training-mode forward that would update unbatched buffers).
+_UNBATCHED_RUNNING_STATS = (
+    "Batch norm got a batched tensor as input while the running_mean or running_var, which will be "
+    "updated in place, were not batched."
+)
+_in_transform = torch._C._functorch.peek_interpreter_stack
+_is_batched = torch._C._functorch.is_batchedtensor
+
+
+def plain_eager() -> bool:
+    return _in_transform() is None and forward_ad._current_level < 0
+
+
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
@@ -177,11 +190,9 @@ def _fold_into(buffer: Tensor, stat: Tensor, factor: float) -> None:
     """buffer = (1 - factor) buffer + factor stat, evaluated in stat's (compute) dtype and stored in
     the buffer's own dtype (float16 running statistics are updated from float32 statistics)."""
     # Like torch's kernel, the update is not part of forward-mode AD: a dual buffer keeps its tangent.
+    # (Out of place, then copied: under vmap, copy_ has a batching rule and lerp_ has none.)
     target = buffer.detach() if forward_ad._current_level >= 0 else buffer
-    if buffer.dtype == stat.dtype:
-        target.lerp_(stat, factor)
-    else:
-        target.copy_(buffer.to(stat.dtype).lerp_(stat, factor))
+    target.copy_(torch.lerp(buffer.to(stat.dtype), stat, factor))
 
 
 class BatchNorm(nn.Module):
@@ -374,7 +385,9 @@ class BatchNorm(nn.Module):
         return y
 
     def _eval_forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        if forward_ad._current_level >= 0 and (_has_tangent(self.running_mean) or _has_tangent(self.running_var)):
+        if forward_ad._current_level >= 0 and (
+            _has_tangent(self.running_mean) or _has_tangent(self.running_var)
+        ):
             if _has_tangent(x) or _has_tangent(weight) or _has_tangent(bias):
                 raise RuntimeError(_DUAL_RUNNING_STATS)
         mean, var = _cast(self.running_mean, x.dtype), _cast(self.running_var, x.dtype)
@@ -393,7 +406,13 @@ class BatchNorm(nn.Module):
         # running = (1 - f) running + f batch; n/(n-1) makes the biased batch variance unbiased.
         mean, var = mean.reshape(-1), var.reshape(-1) * (count / max(count - 1, 1))
         buffers = [self.running_mean, self.running_var]
-        if forward_ad._current_level < 0 and buffers[0].dtype == mean.dtype == buffers[1].dtype:
+        if (
+            _in_transform()
+            and _is_batched(mean)
+            and not (_is_batched(buffers[0]) and _is_batched(buffers[1]))
+        ):
+            raise RuntimeError(_UNBATCHED_RUNNING_STATS)
+        if plain_eager() and buffers[0].dtype == mean.dtype == buffers[1].dtype:
             torch._foreach_lerp_(buffers, [mean, var], factor)  # one op for both
         else:
             _fold_into(buffers[0], mean, factor)

@@ -41,12 +41,13 @@ def recompute_population_statistics(model: nn.Module, batches: Iterable, num_bat
     input, already on the model's device) through `model` in training mode under no_grad. For each
     BN layer with running statistics (this module's BatchNorm and torch's BatchNorm1d/2d/3d and
     SyncBatchNorm) a forward pre-hook records the batch mean mu_B and the biased batch variance
-    sigma_B^2 of the layer's input; afterwards
+    sigma_B^2 of the layer's input (in float32 for float16/bfloat16 inputs; an empty batch is
+    skipped); afterwards
 
         running_mean = E_B[mu_B],   running_var = E_B[m/(m-1) sigma_B^2]   (m values per channel),
 
     which is m/(m-1) E_B[sigma_B^2] when every batch has the same size, and num_batches_tracked is
-    the number of batches the layer saw. The statistics are those of the local process: under DDP
+    the number of (non-empty) batches the layer saw. The statistics are those of the local process: under DDP
     each rank sees only its shard. Parameters, momentum and every module's training flag are left as
     they were. Raises ValueError when the model has no BN layer with running statistics, when
     num_batches < 1, or when `batches` runs out before num_batches (the model is then unchanged).
@@ -65,6 +66,10 @@ def recompute_population_statistics(model: nn.Module, batches: Iterable, num_bat
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
         mean, var, count = batch_statistics(x)
+        if count < 2:
+            # An empty batch (N = 0, e.g. a DDP rank's empty shard) has no statistics; a batch of
+            # one value per channel makes the forward raise its own error right after this hook.
+            return
         acc = sums[layer]
         acc[0] = acc[0] + mean.view(-1).double()
         acc[1] = acc[1] + var.view(-1).double() * (count / (count - 1))
