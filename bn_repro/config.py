@@ -95,7 +95,7 @@ def _build_on_meta(cfg: Mapping[str, Any]) -> None:
     import torch
 
     from bn_repro import norms
-    from bn_repro.data.dataset import dataset_shape
+    from bn_repro.data.catalog import dataset_shape
     from bn_repro.models import build_model
 
     shape, classes = dataset_shape(cfg["data"]["name"], cfg["data"].get("synthetic"))
@@ -104,8 +104,14 @@ def _build_on_meta(cfg: Mapping[str, Any]) -> None:
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
-    from bn_repro import measures, norms
-    from bn_repro.data import DATASETS
+    """Every check: the values (no torch needed), then the registries' choices and the model on meta."""
+    check_values(cfg)
+    check_components(cfg)
+
+
+def check_values(cfg: Mapping[str, Any]) -> None:
+    """The checks that need no torch, so that the app reports them within a second or two."""
+    from bn_repro.data.catalog import DATASETS
     from bn_repro.engine.fast_path import PRECISIONS
     from bn_repro.models import MODELS
     from bn_repro.models.activations import ACTIVATIONS
@@ -115,16 +121,12 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "model.name", MODELS)
     if "activation" in cfg["model"]:
         _choice(cfg, "model.activation", ACTIVATIONS)
-    _choice(cfg, "norm.kind", norms.names())
-    _registry_check(lambda: norms.factory(cfg["norm"]))
-    _registry_check(lambda: measures.build(cfg.get("measure") or {}))
     _choice(cfg, "optim.name", OPTIMIZERS)
     _choice(cfg, "optim.schedule.name", SCHEDULES)
     _choice(cfg, "trainer.device", DEVICES)
     threads = _get(cfg, "trainer.threads")
     if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"trainer.threads={threads!r} is not valid; expected auto or an integer >= 1")
-    _registry_check(lambda: _build_on_meta(cfg))
     if "logger" in cfg:
         _choice(cfg, "logger.name", LOGGERS)
         if cfg["logger"]["name"] == "wandb":
@@ -141,3 +143,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _positive(cfg, "trainer.checkpoint_every", allow_zero=True)
     if not cfg["optim"]["lr"] > 0:
         raise ConfigError(f"optim.lr={cfg['optim']['lr']!r} is not valid; expected a number > 0")
+
+
+def check_components(cfg: Mapping[str, Any]) -> None:
+    """The norm and measurement registries' checks and the model built on the meta device (these import
+    torch: the registries are its modules)."""
+    from bn_repro import measures, norms
+
+    _choice(cfg, "norm.kind", norms.names())
+    _registry_check(lambda: norms.factory(cfg["norm"]))
+    _registry_check(lambda: measures.build(cfg.get("measure") or {}))
+    _registry_check(lambda: _build_on_meta(cfg))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["main", "train"]
 
@@ -32,6 +32,9 @@ def train(cfg, run_dir):
 # key, an unknown preset, --help and --cfg job answer without waiting for them.
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from bn_repro.config import check_values
+
+    check_values(OmegaConf.to_container(cfg, resolve=True))  # before torch: a bad value answers at once
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = train(cfg, run_dir)
     print(

@@ -5,23 +5,33 @@ batch order, and device-side augmentation.
     batches = EpochBatches(len(data.train_y), 60, torch.Generator().manual_seed(0), data.train_y.device)
     idx = next(batches)
     x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
+
+Names are imported on first use (PEP 562), so `bn_repro.data.catalog` (names, shapes) loads without torch.
 """
 
-from bn_repro.data.augment import RandomCropFlip
-from bn_repro.data.batches import EpochBatches
-from bn_repro.data.dataset import (
-    CIFAR_BATCHES,
-    CIFAR_DIR,
-    CIFAR_TARBALL,
-    DATASETS,
-    IDX_FILES,
-    DatasetUnavailableError,
-    DeviceDataset,
-    load_dataset,
-)
-from bn_repro.data.readers import DatasetFormatError
+from __future__ import annotations
 
-__all__ = [
-    "CIFAR_BATCHES", "CIFAR_DIR", "CIFAR_TARBALL", "DATASETS", "IDX_FILES", "DatasetFormatError",
-    "DatasetUnavailableError", "DeviceDataset", "EpochBatches", "RandomCropFlip", "load_dataset",
-]  # fmt: skip
+import importlib
+
+from bn_repro.data.catalog import DATASETS, dataset_shape
+
+_LAZY = {
+    "RandomCropFlip": "augment",
+    "EpochBatches": "batches",
+    "CIFAR_BATCHES": "dataset",
+    "CIFAR_DIR": "dataset",
+    "CIFAR_TARBALL": "dataset",
+    "IDX_FILES": "dataset",
+    "DatasetUnavailableError": "dataset",
+    "DeviceDataset": "dataset",
+    "load_dataset": "dataset",
+    "DatasetFormatError": "readers",
+}
+
+__all__ = ["DATASETS", "dataset_shape", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bn_repro.data.catalog import DATASETS
 from bn_repro.data.readers import (
-    CIFAR_SHAPE,
-    SYNTHETIC_DEFAULTS,
-    SYNTHETIC_SHAPES,
     DatasetFormatError,
     make_synthetic,
     parse_cifar_batch,
@@ -37,7 +35,6 @@ from bn_repro.data.readers import (
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -99,20 +96,6 @@ class DeviceDataset:
             # A float input is most likely already normalized; normalizing twice would go unnoticed.
             raise TypeError(f"normalize expects uint8 pixels, got {x_uint8.dtype}")
         return torch.addcmul(self._shift, x_uint8, self._scale)
-
-
-def dataset_shape(name: str, synthetic: dict | None = None) -> tuple[tuple[int, int, int], int]:
-    """(image shape, class count) of a dataset, known without reading its files."""
-    if name == "synthetic":
-        opts = {**SYNTHETIC_DEFAULTS, **(synthetic or {})}
-        if opts["shape"] not in SYNTHETIC_SHAPES:
-            raise ValueError(
-                f"synthetic shape {opts['shape']!r}; valid choices: {', '.join(SYNTHETIC_SHAPES)}"
-            )
-        return SYNTHETIC_SHAPES[opts["shape"]], int(opts["num_classes"])
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
-    return (CIFAR_SHAPE if name == "cifar10" else (1, 28, 28)), 10
 
 
 def load_dataset(

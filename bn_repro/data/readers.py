@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CIFAR_SHAPE = (3, 32, 32)
-SYNTHETIC_SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
-SYNTHETIC_DEFAULTS = {"shape": "mnist", "num_train": 2000, "num_test": 500, "num_classes": 10, "seed": 0}
+from bn_repro.data.catalog import CIFAR_SHAPE, SYNTHETIC_DEFAULTS, SYNTHETIC_SHAPES
+
 # Prototype amplitude and pixel noise (uint8 units). Measured at 2000 train examples, batch 60, SGD: a
 # linear classifier is near 100% after ~100 steps, a 3x100 sigmoid MLP without BN after ~300-500. It is
 # a smoke-test task that shows learning quickly, not a benchmark.

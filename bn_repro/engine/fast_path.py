@@ -20,15 +20,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported inside the methods: config checks read PRECISIONS without waiting for torch.
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def has_conv2d(model: nn.Module) -> bool:
+    from torch import nn
+
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
@@ -43,6 +48,8 @@ class FastPath:
     @classmethod
     def from_config(cls, trainer: Mapping[str, Any], device: torch.device, model: nn.Module) -> FastPath:
         """Resolve the trainer's settings for this device and model."""
+        import torch
+
         cuda = device.type == "cuda"
         precision = trainer["precision"]  # validated against PRECISIONS by bn_repro.config
         bf16_ok = not cuda or torch.cuda.is_bf16_supported()
@@ -63,6 +70,8 @@ class FastPath:
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Put the weights in channels_last (in place) and set the cudnn flag; returns the model."""
+        import torch
+
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
         if self.channels_last:
@@ -71,14 +80,20 @@ class FastPath:
 
     def compiled(self, net: nn.Module) -> nn.Module:
         """torch.compile(net) when trainer.compile is true (it shares the parameters of `net`)."""
+        import torch
+
         return torch.compile(net) if self.compile else net
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from torch import nn
+# name -> the torch.nn class (imported when a layer is made: checking a config needs no torch).
+ACTIVATIONS = {"sigmoid": "Sigmoid", "relu": "ReLU"}
 
-ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
-
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str):
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown model.activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    from torch import nn
+
+    return getattr(nn, ACTIVATIONS[name])()

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,14 @@ HISTOGRAM_MAX_VALUES = 1_000_000
 RESOLVED_CONFIG_KEY = "resolved_config"
 # Overrides that do not tell runs apart in a group: the preset is the group, logger.* is plumbing.
 _NAME_EXCLUDED_KEYS = ("experiment", "logger")
+
+
+def _is_tensor(value: Any) -> bool:
+    # torch is imported by the loop long before anything is logged; this module is imported by config
+    # checks that must not wait for torch.
+    import torch
+
+    return isinstance(value, torch.Tensor)
 
 
 def metric_key(column: str) -> str:
@@ -132,7 +139,7 @@ class WandbTracker(NullTracker):
                     if extra:
                         self._run.config.update(extra, allow_val_change=True)
                 for key, value in measurement.wandb_payload(rows).items():
-                    if isinstance(value, torch.Tensor):
+                    if _is_tensor(value):
                         value = self._histogram(value)
                         if value is None:
                             continue
@@ -141,7 +148,7 @@ class WandbTracker(NullTracker):
         except Exception as error:  # noqa: BLE001 - wandb must never stop training
             self._failed("log", error)
 
-    def _histogram(self, values: torch.Tensor):
+    def _histogram(self, values):
         # numpy, not torch: on our busy 2-core CPU, torch took ~80 ms a layer here and numpy ~1 ms.
         values = values.detach().flatten().cpu().float().numpy()
         if values.size > HISTOGRAM_MAX_VALUES:
