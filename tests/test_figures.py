@@ -252,16 +252,20 @@ def test_cli_without_runs_exits_nonzero(script, tmp_path, capsys):
     assert "no run dirs" in capsys.readouterr().err
 
 
-def test_cli_defaults_to_the_results_folder(script, tmp_path, monkeypatch):
-    """Without run dirs the script reads results/ and writes results/figures/ (here a stand-in's)."""
+def test_cli_defaults_to_the_curated_result_sets(script, tmp_path, monkeypatch):
+    """Without run dirs the script reads the result sets behind results/figures/ and writes there; a run
+    elsewhere under results/ (another result set, drawn by its own command) is not mixed in."""
     results = tmp_path / "results"
-    write_run(results / "fig1_none", "fig1_fashion_mnist", "none", 0, FIG1_STEPS,
+    write_run(results / "fig1_set" / "fig1_none", "fig1_fashion_mnist", "none", 0, FIG1_STEPS,
               accuracy_curve(FIG1_STEPS, 0.8, 300.0))  # fmt: skip
+    write_run(results / "other_set" / "run", "fig1_fashion_mnist", "builtin", 0, FIG1_STEPS,
+              accuracy_curve(FIG1_STEPS, 0.9, 100.0))  # fmt: skip
     monkeypatch.setattr(script, "RESULTS", results)
+    monkeypatch.setattr(script, "RESULT_SETS", (results / "fig1_set",))
     assert script.main([]) == 0
     with open(results / "figures/summary.csv", newline="") as f:
         assert [r["norm"] for r in csv.DictReader(f)] == ["none"]
-    monkeypatch.setattr(script, "RESULTS", tmp_path / "no_results")
+    monkeypatch.setattr(script, "RESULT_SETS", (tmp_path / "no_results",))
     assert script.main([]) == 1
 
 

@@ -1,0 +1,41 @@
+"""hparams_search presets: Optuna searches over optim.lr that maximise the app's final test accuracy."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO, compose_config
+
+
+@pytest.mark.parametrize(
+    ("preset", "experiment"), [("fig1_lr", "fig1_fashion_mnist"), ("fig2_lr", "fig2_inception")]
+)
+def test_presets_compose_with_the_optuna_sweeper(preset, experiment):
+    cfg = compose_config([f"experiment={experiment}", f"hparams_search={preset}"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert "optuna" in sweeper._target_.lower()
+    assert sweeper.direction == "maximize" and sweeper.n_trials >= 10
+    assert str(sweeper.params["optim.lr"]).startswith("tag(log, interval(")
+
+
+def test_a_tiny_search_runs_and_its_table_reads_back(tmp_path):
+    sweep = tmp_path / "search"
+    result = subprocess.run(
+        [sys.executable, "-m", "bn_repro.train", "-m", "hparams_search=fig1_lr", "hydra.sweeper.n_trials=3",
+         "data=synthetic", "data.synthetic.num_train=240", "data.synthetic.num_test=120",
+         "trainer.max_steps=8", "trainer.eval_every=4", "trainer.progress=false", "probe.num_examples=50",
+         "trainer.population_stats_batches=0", f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert 0.001 <= best["best_params"]["optim.lr"] <= 3.0
+    spec = importlib.util.spec_from_file_location("lr_search_table", REPO / "scripts" / "lr_search_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    _, rows = table.search_rows(sweep)
+    assert len(rows) == 3 and rows[0]["final_test_acc"] == best["best_value"]
