@@ -311,3 +311,20 @@ def test_fig1_table_matches_the_fixture(made):
     assert float(rows["BN (builtin)"]["final_acc_mean"]) == pytest.approx(np.mean(finals))
     assert float(rows["BN (builtin)"]["final_acc_std"]) == pytest.approx(np.std(finals, ddof=1))
     assert "(no-BN best)" in (out / "fig1_table_fashion_mnist.md").read_text()
+
+
+def test_the_no_bn_target_is_found_when_each_norm_has_its_own_setting(tmp_path):
+    """Each norm at its own learning rate: the curves' labels carry the rate, the no-BN one is still the
+    target of the Fig. 1 table."""
+    for norm, lr, tau in (("none", 1.1, 400.0), ("builtin", 2.1, 100.0)):
+        run_dir = tmp_path / norm
+        write_run(run_dir, "fig1_fashion_mnist", norm, 0, FIG1_STEPS, accuracy_curve(FIG1_STEPS, 0.8, tau))
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        summary["config"]["optim"]["lr"] = lr
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    from bn_repro.analysis.figures import fig1_rows
+
+    rows = {r["curve"]: r for r in fig1_rows(load_all([tmp_path]))}
+    assert set(rows) == {"no BN [optim.lr=1.1]", "BN (builtin) [optim.lr=2.1]"}
+    assert rows["no BN [optim.lr=1.1]"]["target_acc"] is not None
+    assert rows["BN (builtin) [optim.lr=2.1]"]["speedup"] > 1

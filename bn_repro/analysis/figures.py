@@ -444,7 +444,10 @@ def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     curves = split_curves(runs, lambda r: r.norm_label)
     labels = sorted(curves, key=_norm_order(curves))
     means = {label: speedup.mean_curve([r.run for r in curves[label]]) for label in labels}
-    baseline = means.get(_baseline_label())
+    # The no-norm curve; when the curves differ in a setting (e.g. each norm at its own learning rate),
+    # its label carries that setting, so it is found by its runs, not by its label.
+    without = [label for label in labels if curves[label][0].without_norm]
+    baseline = means.get(without[0]) if len(without) == 1 else means.get(_baseline_label())
     target = baseline.max_acc if baseline else None
     base_steps = speedup.steps_to_target(baseline.steps, baseline.test_acc, target) if baseline else None
     rows = []
