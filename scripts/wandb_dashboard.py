@@ -80,15 +80,20 @@ def describe(runs: list[dict]) -> dict:
     }
 
 
-def fig1a_plot(wr):
+def accuracy_plot(wr, title: str, groupby: str):
+    """test/acc against step, runs grouped by a config key: the mean with a min-max band."""
     return wr.LinePlot(
-        title="Fig. 1(a): test accuracy",
+        title=title,
         x="step",
         y=["test/acc"],
-        groupby=wr.Config("norm.kind"),
+        groupby=wr.Config(groupby),
         groupby_aggfunc="mean",
         groupby_rangefunc="minmax",
     )
+
+
+def fig1a_plot(wr):
+    return accuracy_plot(wr, "Fig. 1(a): test accuracy", "norm.kind")
 
 
 def probe_plot(wr, label: str, layer: str, unit: int):
@@ -133,14 +138,7 @@ def build(entity: str, project: str, group: str, info: dict):
             )
             blocks.append(wr.PanelGrid(runsets=[runset], panels=[probe_plot(wr, label, layer, unit)]))
     if info["variants"]:
-        speedup = wr.LinePlot(
-            title="Fig. 2: speedup variants",
-            x="step",
-            y=["test/acc"],
-            groupby=wr.Config("experiment_name"),
-            groupby_aggfunc="mean",
-            groupby_rangefunc="minmax",
-        )
+        speedup = accuracy_plot(wr, "Fig. 2: speedup variants", "experiment_name")
         sections.append(ws.Section(name="Fig. 2", panels=[speedup]))
         blocks += [
             wr.H2("Fig. 2"),

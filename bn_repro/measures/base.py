@@ -18,6 +18,7 @@ RNGs afterwards, so a run with and without it gives identical metrics.
 
 from __future__ import annotations
 
+import abc
 import copy
 import inspect
 import math
@@ -53,7 +54,7 @@ class MeasureContext:
     config: Mapping[str, Any] = field(default_factory=dict)  # the resolved run config
 
 
-class Measurement:
+class Measurement(abc.ABC):
     """Base class; subclasses set `columns` and implement `measure`. Keyword options of `__init__` are
     the config keys under `measure.<name>` (besides `every`)."""
 
@@ -65,11 +66,12 @@ class Measurement:
     # The wandb key prefix; the name unless a measurement keeps older keys (the probe's `act/`).
     wandb_prefix: ClassVar[str | None] = None
 
-    def setup(self, ctx: MeasureContext) -> None:
+    def setup(self, ctx: MeasureContext) -> None:  # noqa: B027 - an optional hook, empty by default
         """Called once before the first measurement (e.g. to fix a probe set)."""
 
+    @abc.abstractmethod
     def measure(self, ctx: MeasureContext) -> list[dict]:
-        raise NotImplementedError
+        """The rows of this step: dicts with the `columns` (without `step`)."""
 
     # -- wandb: one key per (row, value column); tensors in the payload are logged as histograms.
     @classmethod

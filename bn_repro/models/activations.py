@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 # name -> the torch.nn class (imported when a layer is made: checking a config needs no torch).
-ACTIVATIONS = {"sigmoid": "Sigmoid", "relu": "ReLU"}
+# identity: no nonlinearity (the deep linear net, bn_repro/models/linear_deep.py).
+ACTIVATIONS = {"sigmoid": "Sigmoid", "relu": "ReLU", "identity": "Identity"}
 
 
 def make_activation(name: str):

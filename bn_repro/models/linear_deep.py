@@ -6,31 +6,18 @@ the gradient-based ICS of BN and no-BN networks can be compared without nonlinea
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
+from bn_repro.models.mlp import MLP
 from bn_repro.norms import NormFactory
 
 
-class LinearLayer(nn.Module):
-    """z = BN(Wu) with a norm, z = Wu + b without; `point` stands where a nonlinearity would be, so
-    probes (the activation probe, ics_distribution) can hook the input it would see."""
-
-    def __init__(self, in_features: int, out_features: int, norm_layer: NormFactory):
-        super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=norm_layer.identity)
-        self.norm = norm_layer(out_features, 2)
-        self.point = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.point(self.norm(self.linear(x)))
-
-
-class DeepLinear(nn.Module):
-    """`depth` linear layers (depth - 1 hidden ones of `hidden_width` units, then the classifier).
+class DeepLinear(MLP):
+    """`depth` linear layers (depth - 1 hidden ones of `hidden_width` units, then the classifier): the
+    Fig. 1 MLP with the identity as its nonlinearity, so each hidden layer is z = BN(Wu) with a norm and
+    z = Wu + b without, and the probes hook the place where a nonlinearity would take z.
 
     The hidden width is `hidden_width`, not `width`: in this package `model.width` multiplies channel
     counts of conv nets (0.25 in smoke tests), while a DLN's width is a unit count.
@@ -47,29 +34,17 @@ class DeepLinear(nn.Module):
         hidden_width: int = 100,
         init_std: float | None = None,
     ):
-        super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"model.depth={depth!r} is not valid; expected an integer >= 1")
         if isinstance(hidden_width, bool) or not isinstance(hidden_width, int) or hidden_width < 1:
             raise ValueError(f"model.hidden_width={hidden_width!r} is not valid; expected an integer >= 1")
-        widths = [math.prod(input_shape), *([hidden_width] * (depth - 1))]
-        self.hidden = nn.ModuleList(
-            LinearLayer(w_in, w_out, norm_layer) for w_in, w_out in zip(widths, widths[1:], strict=False)
+        hidden = [hidden_width] * (depth - 1)
+        super().__init__(
+            input_shape, num_classes, norm_layer, hidden, activation="identity", init_std=init_std
         )
-        self.out = nn.Linear(widths[-1], num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                std = init_std if init_std is not None else module.in_features**-0.5
-                nn.init.normal_(module.weight, 0.0, std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        for layer in self.hidden:
-            x = layer(x)
-        return self.out(x)
-
-    def probe_points(self) -> dict[str, nn.Module]:
-        """Each hidden layer's output (after its norm), at the place a nonlinearity would take it."""
-        return {f"layer{i + 1}": layer.point for i, layer in enumerate(self.hidden)}
+        if init_std is None:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, 0.0, module.in_features**-0.5)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
