@@ -168,8 +168,10 @@ class Session:
             return
         ctx = self._context(step, batch)
         for measurement in due:
+            started = time.perf_counter()
             with measures.isolated(self.run.model, self.run.optimizer, self.run.device):
                 rows = measurement.measure(ctx)
+            self.state.measured(measurement.name, time.perf_counter() - started)
             self.log.measured(measurement.name, step, rows)
             self._pending.append((measurement, rows))
 

@@ -51,14 +51,27 @@ class RunState:
     final_test_acc: float | None = None
     best_test_acc: float | None = None
     wall_time_s: float = 0.0  # training loop time, evaluations and measurements included
-    train_time_s: float = 0.0  # time in training steps only
+    train_time_s: float = 0.0  # time in training steps only (evaluations and measurements left out)
+    # Seconds spent in each measurement on the seam (its cost; also left out of train_time_s).
+    measure_time_s: dict[str, float] = field(default_factory=dict)
+    measure_calls: dict[str, int] = field(default_factory=dict)
     diverged: bool = False
     resumed_from_step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # end-of-run numbers (population statistics)
 
     _CHECKPOINTED: ClassVar[tuple[str, ...]] = (
         "step", "final_test_acc", "best_test_acc", "wall_time_s", "train_time_s", "diverged",
+        "measure_time_s", "measure_calls",
     )  # fmt: skip
+    _ADDED_LATER: ClassVar[dict[str, Any]] = {
+        "measure_time_s": {},
+        "measure_calls": {},
+    }  # absent from older checkpoints
+
+    def measured(self, name: str, seconds: float) -> None:
+        self.measure_time_s[name] = self.measure_time_s.get(name, 0.0) + seconds
+        self.measure_calls[name] = self.measure_calls.get(name, 0) + 1
+        self.window.started += seconds  # the window times training steps only
 
     def evaluated(self, test_acc: float, wall_time_s: float) -> None:
         self.final_test_acc = test_acc
@@ -70,7 +83,7 @@ class RunState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in self._CHECKPOINTED:
-            setattr(self, key, state[key])
+            setattr(self, key, state[key] if key in state else self._ADDED_LATER[key])
         self.window.load_state_dict(state["window"])
         self.resumed_from_step = state["step"]
 
@@ -89,6 +102,11 @@ class RunState:
             "steps_per_s": steps_per_s,
             "diverged": self.diverged,
         }
+        if self.measure_time_s:
+            numbers["measure_time_s"] = {k: round(v, 3) for k, v in self.measure_time_s.items()}
+            numbers["measure_ms_per_call"] = {
+                k: round(1000 * v / self.measure_calls[k], 2) for k, v in self.measure_time_s.items()
+            }
         if status != "running":
             numbers["train_steps_per_s"] = (
                 round(self.step / self.train_time_s, 2) if self.train_time_s else None
