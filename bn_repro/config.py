@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import bn_repro.resolvers  # noqa: F401  (the presets' ${bn.div:...} and ${bn.mul:...})
+
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd",)
 SCHEDULES = ("constant", "exponential")
@@ -136,6 +138,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     _flag(cfg, "trainer.channels_last", also=("auto",))
     _flag(cfg, "trainer.compile")
     _flag(cfg, "data.augment")
+    _check_sampler(cfg)
     for key in ("data.batch_size", "trainer.max_steps", "trainer.eval_every", "trainer.log_every",
                 "trainer.eval_batch_size", "probe.num_examples", "optim.schedule.decay_steps"):  # fmt: skip
         _positive(cfg, key)
@@ -143,6 +146,29 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     _positive(cfg, "trainer.checkpoint_every", allow_zero=True)
     if not cfg["optim"]["lr"] > 0:
         raise ConfigError(f"optim.lr={cfg['optim']['lr']!r} is not valid; expected a number > 0")
+
+
+def _check_sampler(cfg: Mapping[str, Any]) -> None:
+    from bn_repro.data.catalog import SAMPLERS, dataset_shape
+
+    data = cfg["data"]
+    if "sampler" not in data:  # configs written before data.sampler: the i.i.d. order
+        return
+    _choice(cfg, "data.sampler", SAMPLERS)
+    if data["sampler"] != "few_classes":
+        return
+    _positive(cfg, "data.classes_per_batch")
+    k, batch = data["classes_per_batch"], data["batch_size"]
+    _, num_classes = dataset_shape(data["name"], data.get("synthetic"))
+    if k > num_classes:
+        raise ConfigError(
+            f"data.classes_per_batch={k} is more than the {num_classes} classes of data={data['name']}"
+        )
+    if isinstance(batch, int) and batch % k:
+        raise ConfigError(
+            f"data.batch_size={batch} is not a multiple of data.classes_per_batch={k} (data.sampler="
+            f"few_classes puts batch_size / classes_per_batch examples of each class in a batch)"
+        )
 
 
 def check_components(cfg: Mapping[str, Any]) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import importlib
 
-from bn_repro.data.catalog import DATASETS, dataset_shape
+from bn_repro.data.catalog import DATASETS, SAMPLERS, dataset_shape
 
 _LAZY = {
     "RandomCropFlip": "augment",
     "EpochBatches": "batches",
+    "FewClassBatches": "batches",
+    "make_batches": "batches",
     "CIFAR_BATCHES": "dataset",
     "CIFAR_DIR": "dataset",
     "CIFAR_TARBALL": "dataset",
@@ -28,7 +30,7 @@ _LAZY = {
     "DatasetFormatError": "readers",
 }
 
-__all__ = ["DATASETS", "dataset_shape", *_LAZY]
+__all__ = ["DATASETS", "SAMPLERS", "dataset_shape", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from bn_repro import norms
-from bn_repro.data import DeviceDataset, EpochBatches, RandomCropFlip, load_dataset
+from bn_repro.data import (
+    DeviceDataset,
+    EpochBatches,
+    FewClassBatches,
+    RandomCropFlip,
+    load_dataset,
+    make_batches,
+)
 from bn_repro.engine import distributed
 from bn_repro.engine.fast_path import FastPath
 from bn_repro.models import build_model
@@ -92,7 +99,7 @@ class Components:
     fast: FastPath
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    batches: EpochBatches
+    batches: EpochBatches | FewClassBatches
     augment: RandomCropFlip | None
     threads: int
 
@@ -126,9 +133,7 @@ def build(config: Mapping[str, Any], replicas: distributed.Replicas | None = Non
     net = fast.compiled(distributed.wrap(model, device) if replicas.active else model)
     optimizer = build_optimizer(model, config["optim"])
     scheduler = build_scheduler(optimizer, config["optim"]["schedule"])
-    batches = EpochBatches(
-        len(data.train_y), data_cfg["batch_size"], torch.Generator().manual_seed(config["seed"]), device
-    )
+    batches = make_batches(data_cfg, data.train_y, config["seed"], device)
     # Crops and flips draw from their own generator (one stream per replica), on the data's device.
     augment = (
         RandomCropFlip(seed=config["seed"] + replicas.rank, device=device) if data_cfg["augment"] else None
