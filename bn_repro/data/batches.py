@@ -77,7 +77,6 @@ class EpochBatches:
         self._set_permutation(permutation.clone())
 
 
-
 class FewClassBatches:
     """Non-i.i.d. batches (Ioffe 2017, section 4.3): each batch holds `classes_per_batch` classes,
     drawn at random without replacement, with `batch_size / classes_per_batch` examples of each.
@@ -135,9 +134,11 @@ class FewClassBatches:
 
     def _take(self, c: int) -> torch.Tensor:
         if self.positions[c] + self.per_class > len(self.orders[c]):
-            # The rest of this pass, then a fresh permutation: no example is skipped.
+            # A new pass: the rest of this one first, then the class's other examples shuffled, so no
+            # example is skipped and none comes twice in a batch.
             rest = self.orders[c][self.positions[c] :]
-            fresh = self.members[c][torch.randperm(len(self.members[c]), generator=self.generator)]
+            others = self.members[c][~torch.isin(self.members[c], rest)]
+            fresh = others[torch.randperm(len(others), generator=self.generator)]
             self.orders[c], self.positions[c] = torch.cat([rest, fresh]), 0
         start = self.positions[c]
         self.positions[c] += self.per_class
