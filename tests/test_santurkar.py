@@ -64,6 +64,27 @@ def test_noisy_bn_is_bn_in_eval_and_noisy_in_training():
     assert not torch.equal(noisy(x), y_noisy)  # resampled at every forward
 
 
+def test_algorithm_2_recomputes_noisy_bn_statistics_without_the_noise():
+    """The population statistics are those of the noise-free network inference runs: a two-layer net of
+    noisy BN gets exactly the statistics of the same net with plain BN, and its noise stays on after."""
+    torch.manual_seed(0)
+    noisy_net = nn.Sequential(NoisyBatchNorm(4, ramp_steps=0), nn.ReLU(), nn.Linear(4, 4),
+                              NoisyBatchNorm(4, ramp_steps=0))  # fmt: skip
+    plain_net = nn.Sequential(
+        norms.build("custom", 4, 2), nn.ReLU(), nn.Linear(4, 4), norms.build("custom", 4, 2)
+    )
+    plain_net.load_state_dict(noisy_net.state_dict(), strict=False)
+    batches = [torch.randn(16, 4) * 3 + 1 for _ in range(5)]
+    norms.recompute_population_statistics(noisy_net, batches, 5)
+    norms.recompute_population_statistics(plain_net, batches, 5)
+    for i in (0, 3):
+        assert torch.allclose(noisy_net[i].running_mean, plain_net[i].running_mean, atol=1e-6)
+        assert torch.allclose(noisy_net[i].running_var, plain_net[i].running_var, atol=1e-6)
+        assert noisy_net[i].noise_enabled and int(noisy_net[i].noise_draws) == 0  # no draw in the pass
+    noisy_net.train()
+    assert not torch.allclose(noisy_net(batches[0]), plain_net.train()(batches[0]))
+
+
 def test_noisy_bn_noise_is_its_own_reproducible_and_restored_by_load_state_dict():
     noisy, _, x = _trained_pair()
     saved = copy.deepcopy(noisy.state_dict())
@@ -325,3 +346,24 @@ def test_the_measurements_never_change_training(model, tmp_path):
         9,
         12,
     ]
+
+
+def test_each_measurement_reports_its_cost_in_the_summary(tmp_path, monkeypatch):
+    """summary.json: seconds in each measurement and per call; they survive a resume and are left out
+    of train_time_s."""
+    overrides = [*SMOKE, *MEASURED, "trainer.checkpoint_every=4"]
+    whole = train(compose_config(overrides), tmp_path / "whole")
+    names = {"activations", "ics_gradient", "landscape", "ics_distribution"}
+    assert set(whole["measure_time_s"]) == names == set(whole["measure_ms_per_call"])
+    assert all(seconds > 0 for seconds in whole["measure_time_s"].values())
+    # ics_gradient ran at steps 3, 6, 9, 12: 4 calls.
+    per_call = whole["measure_ms_per_call"]["ics_gradient"]
+    # measure_time_s is rounded to the ms: within 0.5 ms / 4 calls of the exact per-call figure.
+    assert per_call == pytest.approx(1000 * whole["measure_time_s"]["ics_gradient"] / 4, abs=0.13)
+    assert whole["train_time_s"] + sum(whole["measure_time_s"].values()) <= whole["wall_time_s"] + 0.05
+
+    interrupted_at_evaluation(monkeypatch, compose_config(overrides), tmp_path / "parts", evaluation=3)
+    resumed = train(compose_config(overrides), tmp_path / "parts")
+    assert resumed["resumed_from_step"] == 8
+    # Calls before the checkpoint at step 8 are counted from the checkpoint, the rest by the resumed run.
+    assert set(resumed["measure_time_s"]) == names

@@ -13,6 +13,13 @@ less stable than without BN, yet the network trains about as well as with BN. Th
 constants (paper_notes: "check the noise schedule constants"); the defaults are our choice.
 Eval mode adds no noise: the layer is BN with its running statistics.
 
+Inference: the moving averages are those of training, when every earlier layer's output carried its
+noise; eval mode drops it, so in a deep net each layer's input no longer matches its moving averages
+and the error compounds (measured on the santurkar_vgg_cpu VGG: test accuracy at chance with the moving
+averages, about 87% with batch statistics and no noise). Algorithm 2 (bn_repro/norms/population.py,
+eval_stats' PreciseBN) therefore recomputes the statistics with the noise off (`noise_enabled`), i.e.
+for the network that inference runs.
+
 Reproducibility: the noise never touches the global RNG. Each forward seeds its own torch.Generator
 from (norm.seed, the layer's key, t). The key tells the layers of one model apart and t is a buffer,
 so both are in the state_dict: load_state_dict (checkpoint and resume) and the measurement seam's
@@ -81,6 +88,8 @@ class NoisyBatchNorm(BatchNorm):
         self.shift, self.scale, self.ramp_steps, self.seed = float(shift), float(scale), ramp_steps, seed
         self.register_buffer("noise_key", torch.tensor(_layer_key(), dtype=torch.long))
         self.register_buffer("noise_draws", torch.tensor(0, dtype=torch.long))
+        # False during Algorithm 2's statistics pass: training-mode BN without noise (not state).
+        self.noise_enabled = True
 
     def extra_repr(self) -> str:
         return (
@@ -104,7 +113,7 @@ class NoisyBatchNorm(BatchNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(x)
-        if not self.training:
+        if not self.training or not self.noise_enabled:
             return y
         self.noise_draws.add_(1)
         s, m = self.noise(int(self.noise_draws))

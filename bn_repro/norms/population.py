@@ -78,9 +78,14 @@ def recompute_population_statistics(model: nn.Module, batches: Iterable, num_bat
     # The training-mode forwards also move the running averages; on failure they are put back.
     saved = {layer: [t.clone() for t in _layer_stats(layer)] for layer in layers}
     flags = {module: module.training for module in model.modules()}
+    # Layers that add training noise (norm=noisy_bn) run without it: the statistics are those of the
+    # network that inference runs, not of the noisy one that training ran.
+    noisy = {m: m.noise_enabled for m in model.modules() if hasattr(m, "noise_enabled")}
     handles = [layer.register_forward_pre_hook(record) for layer in layers]
     try:
         model.train()
+        for module in noisy:
+            module.noise_enabled = False
         seen = 0
         with torch.no_grad():
             for batch in batches:
@@ -98,6 +103,8 @@ def recompute_population_statistics(model: nn.Module, batches: Iterable, num_bat
             handle.remove()
         for module, flag in flags.items():
             module.training = flag
+        for module, enabled in noisy.items():
+            module.noise_enabled = enabled
 
     with torch.no_grad():
         for layer, (mean_sum, var_sum, forwards) in sums.items():
