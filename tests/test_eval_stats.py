@@ -86,3 +86,20 @@ def test_precise_from_all_training_data_equals_a_direct_full_data_computation():
     loss, acc = evaluate(direct, data, 50)
     assert precise["test_acc"] == acc
     torch.testing.assert_close(precise["test_loss"], loss)
+
+
+def test_ghost_bn_with_counts_and_test_sets_its_virtual_batch_does_not_divide(tmp_path):
+    """n = 100 in batches of 40 leaves a tail of 20 that ghost batches of 40 do not take, nor the 130
+    test images in batches of 40 (a tail of 10): ragged tails are dropped when a full batch exists."""
+    overrides = [*SMOKE, "norm=ghost_bn", "norm.virtual_batch_size=40", "measure.eval_stats.every=6",
+                 "measure.eval_stats.num_examples=[100,240]", "measure.eval_stats.batch_size=40",
+                 "data.batch_size=40", "data.synthetic.num_test=130"]  # fmt: skip
+    train(compose_config(overrides), tmp_path)
+    rows = [r for r in read_measurement(tmp_path, "eval_stats") if r["step"] == 12]
+    assert [(r["stats"], r["n"]) for r in rows] == [
+        ("ema", 0),
+        ("precise", 100),
+        ("precise", 240),
+        ("batch", 0),
+    ]
+    assert all(0 <= r["test_acc"] <= 1 for r in rows)

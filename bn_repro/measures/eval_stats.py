@@ -4,9 +4,10 @@
     ema      the moving averages (the app's own evaluation)
     precise  population statistics recomputed per Algorithm 2 (PreciseBN) from `n` training examples,
              for each n in `num_examples` (in batches of `batch_size`, drawn without replacement by a
-             generator of this measurement's own, so the training batch order is untouched)
+             generator of this measurement's own, so the training batch order is untouched; a ragged
+             last batch is dropped when there is a full one)
     batch    the batch statistics of the test batches themselves (train-mode evaluation, what a
-             forgotten model.eval() gives), in test batches of `batch_size`
+             forgotten model.eval() gives), in full test batches of `batch_size`
 
 Columns: `stats` (ema | precise | batch), `n` (training examples behind the statistics; 0 for ema and
 batch), `test_loss`, `test_acc`. Every forward runs on a copy of the model; the run's model, its BN
@@ -73,7 +74,12 @@ class EvalStats(Measurement):
         """Algorithm 2 from n training examples (full batches; a ragged tail of fewer than 2 is dropped)."""
         generator = torch.Generator().manual_seed(self.seed + ctx.step)
         order = torch.randperm(len(ctx.data.train_y), generator=generator)[:n].to(ctx.data.train_y.device)
-        chunks = [idx for idx in order.split(batch_size) if len(idx) > 1]
+        # Full batches only when there is one (a ragged tail is dropped): a ghost-BN layer takes only
+        # batches its virtual batch size divides, and the training batches were full too.
+        chunks = order.split(batch_size)
+        if len(chunks) > 1 and len(chunks[-1]) < batch_size:
+            chunks = chunks[:-1]
+        chunks = [idx for idx in chunks if len(idx) > 1]
         model = copy_model(ctx.model)
         inputs = (ctx.data.normalize(ctx.data.train_x[idx]) for idx in chunks)
         recompute_population_statistics(model, inputs, len(chunks))
@@ -87,7 +93,9 @@ class EvalStats(Measurement):
         for start in range(0, len(data.test_y), batch_size):
             x = data.normalize(data.test_x[start : start + batch_size])
             y = data.test_y[start : start + batch_size]
-            if len(y) < 2:  # BN in training mode needs more than one value per channel
+            # BN in training mode needs more than one value per channel; a ragged last batch is left
+            # out (ghost BN takes only batches its virtual batch size divides), unless it is the only one.
+            if len(y) < 2 or (len(y) < batch_size and start > 0):
                 continue
             logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
