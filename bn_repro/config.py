@@ -142,6 +142,8 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     for key in ("data.batch_size", "trainer.max_steps", "trainer.eval_every", "trainer.log_every",
                 "trainer.eval_batch_size", "probe.num_examples", "optim.schedule.decay_steps"):  # fmt: skip
         _positive(cfg, key)
+    if cfg["trainer"].get("eval_examples") is not None:
+        _positive(cfg, "trainer.eval_examples")
     _positive(cfg, "trainer.population_stats_batches", allow_zero=True)
     _positive(cfg, "trainer.checkpoint_every", allow_zero=True)
     if not cfg["optim"]["lr"] > 0:

@@ -14,20 +14,23 @@ from bn_repro.norms import recompute_population_statistics
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[float, float]:
-    """Loss and accuracy on the full test set, in eval mode."""
+def evaluate(
+    model: nn.Module, data: DeviceDataset, batch_size: int, limit: int | None = None
+) -> tuple[float, float]:
+    """Loss and accuracy on the test set (its first `limit` images when given), in eval mode."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=data.test_y.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.test_y.device, dtype=torch.int64)
-    for start in range(0, len(data.test_y), batch_size):
-        x = data.normalize(data.test_x[start : start + batch_size])
-        y = data.test_y[start : start + batch_size]
+    n = len(data.test_y) if limit is None else min(limit, len(data.test_y))
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        x = data.normalize(data.test_x[start:stop])
+        y = data.test_y[start:stop]
         logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    n = len(data.test_y)
     return loss_sum.item() / n, correct.item() / n
 
 

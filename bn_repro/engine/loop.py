@@ -138,7 +138,10 @@ class Session:
         run, state, window = self.run, self.state, self.state.window
         window_seconds = time.perf_counter() - window.started
         state.train_time_s += window_seconds
-        test_loss, test_acc = evaluate(run.model, run.data, self.config["trainer"]["eval_batch_size"])
+        trainer = self.config["trainer"]
+        test_loss, test_acc = evaluate(
+            run.model, run.data, trainer["eval_batch_size"], limit=trainer.get("eval_examples")
+        )
         nan, replicas = float("nan"), run.replicas
         examples = window.steps * self.config["data"]["batch_size"]
         # Each rank saw its share of every batch: the window's loss and accuracy are those of all ranks.
