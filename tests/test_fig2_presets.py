@@ -103,3 +103,50 @@ def test_the_sweep_runs_the_six_curves_and_tabulates_them(tmp_path):
     assert sorted(s["experiment_name"] for s in summaries) == sorted(FIG2)
     rows = fig3_table([sweep])
     assert [r["variant"] for r in rows] == list(PAPER_ORDER)
+
+
+# ------------------------------------------------------------------ the CPU-scale family (fig2cpu_*)
+
+CPU_VARIANTS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "sigmoid")
+
+
+def test_the_cpu_glob_selects_the_six_variants_and_the_control():
+    names = {p.stem for p in (CONFIG_DIR / "experiment").glob("fig2cpu_*.yaml")}
+    assert names == {f"fig2cpu_{v}" for v in (*CPU_VARIANTS, "inception_x5")}
+
+
+@pytest.mark.parametrize("variant", CPU_VARIANTS)
+def test_cpu_presets_are_their_fig2_preset_with_the_schedule_compressed(variant):
+    cpu, full = _resolved(f"fig2cpu_{variant}"), _resolved(f"fig2_{variant}")
+    assert cpu["optim"]["lr"] == full["optim"]["lr"]  # the paper's lr multiples
+    steps, full_steps = cpu["trainer"]["max_steps"], full["trainer"]["max_steps"]
+    # The decay keeps its share of the budget: 30% (baseline recipe) or 5% (accelerated, 6x faster).
+    share = full["optim"]["schedule"]["decay_steps"] / full_steps
+    assert cpu["optim"]["schedule"]["decay_steps"] == pytest.approx(share * steps, abs=1)
+    assert cpu["trainer"]["eval_every"] <= 0.02 * steps
+    assert cpu["data"]["name"] == "fashion_mnist" and cpu["model"]["width"] < full["model"]["width"]
+    allowed = {"experiment_name", "data", "model.width", "optim.schedule.decay_steps", "trainer.max_steps",
+               "trainer.eval_every", "trainer.eval_examples", "measure.activations.every"}  # fmt: skip
+    diffs = _differences(cpu, full)
+    assert {d.split(".")[0] if d.startswith("data.") else d for d in diffs} <= allowed
+
+
+def test_the_control_is_the_cpu_inception_at_bn_x5s_lr():
+    control, inception = _resolved("fig2cpu_inception_x5"), _resolved("fig2cpu_inception")
+    assert _differences(control, inception) == {"experiment_name", "optim.lr"}
+    assert control["optim"]["lr"] == _resolved("fig2cpu_bn_x5")["optim"]["lr"] == 5 * inception["optim"]["lr"]
+
+
+def test_eval_examples_evaluates_on_the_first_test_images(tmp_path):
+    from bn_repro.records.run_files import read_csv
+    from bn_repro.train import train
+
+    cfg = compose_config([*SMOKE, "trainer.eval_examples=30", "trainer.eval_batch_size=16"])
+    train(cfg, tmp_path)
+    for row in read_csv(tmp_path / "metrics.csv"):
+        # 30 examples: every accuracy is a multiple of 1/30.
+        assert abs(float(row["test_acc"]) * 30 - round(float(row["test_acc"]) * 30)) < 1e-9
+    with pytest.raises(Exception, match="trainer.eval_examples=0 is not valid"):
+        from bn_repro.config import check_values, resolve_config
+
+        check_values(resolve_config(compose_config([*SMOKE, "trainer.eval_examples=0"])))

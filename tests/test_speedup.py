@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -154,3 +155,49 @@ def test_script_writes_the_table(sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (out / "fig3_table.md").read_text() in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["fig3_table.csv", "fig3_table.md"]
+
+
+def test_cpu_family_seeds_give_mean_and_spread_and_the_papers_numbers(tmp_path):
+    """fig2cpu_* runs: the baseline is fig2cpu_inception; per-seed steps, speedups and max accuracies
+    get a mean and sample std; the control row is labelled with the paper's outcome."""
+    root = tmp_path / "cpu"
+    for seed, accs in BASELINE_SEEDS.items():
+        _write_run(root, f"i{seed}", "fig2cpu_inception", seed, accs, lr=0.005)
+    # Seeds reaching the target (0.795) at 3000 and 2000 steps; their mean curve at 2000.
+    _write_run(root, "x0", "fig2cpu_bn_x5", 0, FAST, lr=0.025)
+    _write_run(root, "x1", "fig2cpu_bn_x5", 1, [0.10, 0.60, 0.81, 0.81, 0.82, 0.83], lr=0.025)
+    _write_run(root, "c0", "fig2cpu_inception_x5", 0, [0.10, 0.10], status="diverged", lr=0.025)
+    rows = _rows_by_variant(fig3_table([root]))
+    assert list(rows) == ["fig2cpu_inception", "fig2cpu_bn_x5", "fig2cpu_inception_x5"]
+    x5 = rows["fig2cpu_bn_x5"]
+    baseline_steps = rows["fig2cpu_inception"]["steps_to_target"]
+    assert baseline_steps == 5000 and x5["steps_to_target_per_seed"] == [3000, 2000]
+    assert x5["steps_to_target_mean"] == 2500 and x5["steps_to_target_std"] == pytest.approx(math.sqrt(5e5))
+    assert x5["steps_to_target"] == 2000 and x5["speedup"] == 2.5
+    assert x5["speedup_mean"] == pytest.approx((5000 / 2000 + 5000 / 3000) / 2)
+    assert x5["max_acc_mean"] == pytest.approx((0.84 + 0.83) / 2) and x5["reached_seeds"] == 2
+    assert (x5["paper_steps_to_target"], x5["paper_max_acc"]) == ("2.1e6", "73.0%")
+    assert rows["fig2cpu_inception_x5"]["status"] == "diverged"
+    assert rows["fig2cpu_inception_x5"]["paper_max_acc"] == "diverged"
+    markdown = fig3_markdown(list(rows.values()))
+    assert (
+        "| fig2cpu_bn_x5 | 0.025 | 2 | 2,000 | 2,500 +- 707 (2/2) | 2.5x | 2.1 +- 0.6x | 83.50 +- 0.71% |"
+        in markdown
+    )
+    assert "2.1e6, 73.0%" in markdown
+
+
+def test_cpu_family_and_paper_family_are_separate_figures(tmp_path):
+    from bn_repro.analysis.figures import make_figures
+
+    for seed, accs in BASELINE_SEEDS.items():
+        _write_run(tmp_path / "runs", f"i{seed}", "fig2cpu_inception", seed, accs, lr=0.005)
+        _write_run(tmp_path / "runs", f"p{seed}", "fig2_inception", seed, accs, lr=0.005)
+    for run in (tmp_path / "runs").iterdir():  # the figure code reads the dataset and planned steps
+        summary = json.loads((run / "summary.json").read_text())
+        summary["config"].update(data={"name": "fashion_mnist"}, trainer={"max_steps": 5000},
+                                 norm={"kind": "none"})  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    report = make_figures([tmp_path / "runs"], tmp_path / "out")
+    names = {p.name for p in report.written}
+    assert {"fig3_table_fashion_mnist.md", "fig3_table_cpu_scale_fashion_mnist.md"} <= names

@@ -65,8 +65,19 @@ VARIANT_LABELS = {
     "fig2_bn_x30": "BN-x30",
     "fig2_bn_x5_sigmoid": "BN-x5-Sigmoid",
     "fig2_sigmoid": "Inception-Sigmoid",
+    "fig2_inception_x5": "Inception at BN-x5's lr",
 }
 FIG2_PREFIX = "fig2_"
+# Figure/table file name part of each speedup preset family (bn_repro/analysis/speedup.py FAMILIES).
+FAMILY_TAGS = {"fig2_": "", "fig2cpu_": "cpu_scale_"}
+
+
+def variant_label(experiment_name: str) -> str:
+    """The paper's name of a speedup variant, whichever family its preset is in."""
+    variant = speedup.variant_of(experiment_name)
+    return VARIANT_LABELS.get(f"{FIG2_PREFIX}{variant}", variant)
+
+
 # Settings that change what a curve means: runs that differ in one of these are never averaged together.
 CURVE_SETTINGS = ("optim.", "model.", "data.batch_size", "data.augment")
 SUMMARY_COLUMNS = (
@@ -156,7 +167,8 @@ class RunData:
 
     @property
     def is_fig2(self) -> bool:
-        return self.experiment_name.startswith(FIG2_PREFIX)
+        """A run of the speedup experiment (a fig2_* or fig2cpu_* preset)."""
+        return speedup.family_of(self.experiment_name) is not None
 
 
 @dataclass
@@ -222,7 +234,9 @@ def _figure_groups(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
     """Runs by (dataset, planned steps), keyed by the file name suffix of their figure."""
     by_dataset: dict[str, dict[int, list[RunData]]] = {}
     for run in runs:
-        by_dataset.setdefault(run.dataset, {}).setdefault(run.max_steps, []).append(run)
+        # The speedup families (fig2_, fig2cpu_) are separate experiments: never in one figure.
+        family = FAMILY_TAGS.get(speedup.family_of(run.experiment_name), "")
+        by_dataset.setdefault(family + run.dataset, {}).setdefault(run.max_steps, []).append(run)
     groups = {}
     for dataset, by_steps in sorted(by_dataset.items()):
         for steps, group in sorted(by_steps.items()):
@@ -394,17 +408,19 @@ def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Repor
 def plot_fig2(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
     fig = Figure(figsize=(9.0, 4.6), layout="constrained")
     ax = fig.add_subplot()
-    variants = speedup.group_by_variant([r.run for r in runs])
+    baseline = speedup.baseline_of({r.experiment_name for r in runs})
+    variants = speedup.group_by_variant([r.run for r in runs], baseline)
     by_dir = {r.run.run_dir: r for r in runs}
     color = 0
     for name, group in variants.items():
-        label = VARIANT_LABELS.get(name, name.removeprefix(FIG2_PREFIX))
+        label = variant_label(name)
         curves = split_curves([by_dir[r.run_dir] for r in group], lambda _run, label=label: label)
         for curve_label, curve_runs in curves.items():
-            _draw_accuracy(ax, curve_label, curve_runs, f"C{color % 10}", band=False)
+            # With several seeds, the band is their min-max range around the mean curve.
+            _draw_accuracy(ax, curve_label, curve_runs, f"C{color % 10}", band=True)
             color += 1
     # The line is the Fig. 3 target: the best of the baseline's curve as speedup.fig3_table computes it.
-    baseline_curve = speedup.mean_curve(variants.get(speedup.BASELINE, []))
+    baseline_curve = speedup.mean_curve(variants.get(baseline, []))
     if baseline_curve is not None:
         best = baseline_curve.max_acc
         ax.axhline(
@@ -412,9 +428,13 @@ def plot_fig2(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report)
             color="gray",
             lw=0.8,
             ls=":",
-            label=f"{VARIANT_LABELS[speedup.BASELINE]}'s best: {100 * best:.2f}%",
+            label=f"{variant_label(baseline)}'s best: {100 * best:.2f}%",
         )
-    ax.set_title(f"Fig. 2: {_title(runs)}\ntest accuracy of each variant, mean over seeds", fontsize=10)
+    seeds = max(len(g) for g in variants.values())
+    spread = ", band: min-max over seeds" if seeds > 1 else ""
+    ax.set_title(
+        f"Fig. 2: {_title(runs)}\ntest accuracy of each variant, mean over seeds{spread}", fontsize=10
+    )
     _accuracy_axes(ax, legend_outside=True)
     _save(fig, out_dir, stem, report)
 

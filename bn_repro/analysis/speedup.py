@@ -32,14 +32,63 @@ from typing import Any
 from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, read_csv
 
 BASELINE = "fig2_inception"
-# The paper's row order (Fig. 3), then fig2_sigmoid; other variants follow alphabetically.
-PAPER_ORDER = (
-    "fig2_inception", "fig2_bn_baseline", "fig2_bn_x5", "fig2_bn_x30", "fig2_bn_x5_sigmoid", "fig2_sigmoid",
-)  # fmt: skip
+# Preset families of the speedup experiment: fig2_* (the paper's schedules) and fig2cpu_* (the whole
+# schedules at CPU scale). A family's baseline is its `inception` variant.
+FAMILIES = ("fig2cpu_", "fig2_")
+# The paper's row order (Fig. 3), then its remarks (sigmoid Inception, Inception at BN-x5's lr); other
+# variants follow alphabetically. Names without their family prefix.
+PAPER_VARIANTS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "sigmoid", "inception_x5")
+PAPER_ORDER = tuple(f"fig2_{v}" for v in PAPER_VARIANTS[:6])
+# The paper's ImageNet results (Fig. 3 and section 4.2.2): steps to 72.2% and max accuracy.
+PAPER_IMAGENET = {
+    "inception": ("31.0e6", "72.2%"),
+    "bn_baseline": ("13.3e6", "72.7%"),
+    "bn_x5": ("2.1e6", "73.0%"),
+    "bn_x30": ("2.7e6", "74.8%"),
+    "bn_x5_sigmoid": ("-", "69.8%"),
+    "sigmoid": ("-", "never above 0.1%"),
+    "inception_x5": ("-", "diverged"),
+}
 FIG3_COLUMNS = (
     "variant", "lr", "runs", "diverged", "incomplete", "status", "target_acc", "steps_to_target", "speedup",
     "max_acc", "max_acc_step", "steps_to_target_per_seed", "best_acc_per_seed",
+    # Over seeds (each seed's own curve against the target of the baseline's seed-mean curve):
+    "reached_seeds", "steps_to_target_mean", "steps_to_target_std", "speedup_mean", "speedup_std",
+    "max_acc_mean", "max_acc_std", "paper_steps_to_target", "paper_max_acc",
 )  # fmt: skip
+
+
+def variant_of(experiment_name: str) -> str:
+    """The variant without its family prefix: fig2cpu_bn_x5 -> bn_x5."""
+    for prefix in FAMILIES:
+        if experiment_name.startswith(prefix):
+            return experiment_name[len(prefix) :]
+    return experiment_name
+
+
+def family_of(experiment_name: str) -> str | None:
+    return next((p for p in FAMILIES if experiment_name.startswith(p)), None)
+
+
+def baseline_of(names: Iterable[str]) -> str:
+    """The baseline among these experiment names: fig2_inception, else the one family's inception."""
+    names = list(names)
+    if BASELINE in names:
+        return BASELINE
+    found = sorted(n for n in names if family_of(n) and variant_of(n) == "inception")
+    return found[0] if len(found) == 1 else BASELINE
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (None for fewer than two values)."""
+    if not values:
+        return None, None
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 FIG3_FILE_STEM = "fig3_table"
 
 
@@ -132,8 +181,17 @@ def group_by_variant(runs: Iterable[Run], baseline: str = BASELINE) -> dict[str,
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.experiment_name, []).append(run)
-    order = {name: i for i, name in enumerate((baseline, *PAPER_ORDER))}
-    return dict(sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+    order = {v: i for i, v in enumerate(PAPER_VARIANTS)}
+
+    def key(item):
+        name = item[0]
+        return (
+            name != baseline,
+            order.get(variant_of(name), len(order)) if family_of(name) else len(order),
+            name,
+        )
+
+    return dict(sorted(groups.items(), key=key))
 
 
 def mean_curve(runs: Sequence[Run]) -> Curve | None:
@@ -149,16 +207,21 @@ def mean_curve(runs: Sequence[Run]) -> Curve | None:
 
 
 def fig3_table(
-    runs_or_paths: Iterable[Run | str | Path], baseline: str = BASELINE, target: float | None = None
+    runs_or_paths: Iterable[Run | str | Path], baseline: str | None = None, target: float | None = None
 ) -> list[dict[str, Any]]:
     """One row per variant (columns FIG3_COLUMNS), the baseline first.
 
-    `runs_or_paths`: Run objects or paths for `load_runs`. `target` replaces the baseline's best
-    accuracy as the accuracy to reach (the baseline must still be present: it anchors the speedup).
+    `runs_or_paths`: Run objects or paths for `load_runs`. `baseline`: the experiment_name setting the
+    target (default: fig2_inception, or fig2cpu_inception for the CPU-scale family). `target` replaces
+    the baseline's best accuracy as the accuracy to reach (the baseline must still be present: it
+    anchors the speedup). The *_mean/*_std columns are over seeds, each seed's own curve against the
+    same target; the speedup of a seed is the baseline's steps (seed-mean curve) over that seed's.
     """
     items = list(runs_or_paths)
     paths = [p for p in items if not isinstance(p, Run)]
     runs = [r for r in items if isinstance(r, Run)] + (load_runs(paths) if paths else [])
+    if baseline is None:
+        baseline = baseline_of({r.experiment_name for r in runs})
     groups = group_by_variant(runs, baseline)
     if baseline not in groups:
         raise ValueError(f"no runs of the baseline {baseline!r}; variants found: {', '.join(groups)}")
@@ -187,6 +250,19 @@ def fig3_table(
             "max_acc_step": None,
             "steps_to_target_per_seed": [],
             "best_acc_per_seed": [],
+            "reached_seeds": 0,
+            "steps_to_target_mean": None,
+            "steps_to_target_std": None,
+            "speedup_mean": None,
+            "speedup_std": None,
+            "max_acc_mean": None,
+            "max_acc_std": None,
+            "paper_steps_to_target": PAPER_IMAGENET.get(variant_of(name), (None, None))[0]
+            if family_of(name)
+            else None,
+            "paper_max_acc": PAPER_IMAGENET.get(variant_of(name), (None, None))[1]
+            if family_of(name)
+            else None,
         }
         if curve is None:
             row["status"] = "diverged" if row["diverged"] else "incomplete"
@@ -202,6 +278,12 @@ def fig3_table(
             steps_to_target_per_seed=[steps_to_target(r.steps, r.test_acc, target) for r in curve.runs],
             best_acc_per_seed=[max(r.test_acc) for r in curve.runs],
         )
+        reached = [s for s in row["steps_to_target_per_seed"] if s is not None]
+        row["reached_seeds"] = len(reached)
+        row["steps_to_target_mean"], row["steps_to_target_std"] = _mean_std(reached)
+        if baseline_steps is not None:
+            row["speedup_mean"], row["speedup_std"] = _mean_std([baseline_steps / s for s in reached])
+        row["max_acc_mean"], row["max_acc_std"] = _mean_std(row["best_acc_per_seed"])
         rows.append(row)
     return rows
 
@@ -217,8 +299,17 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _spread(mean: float | None, std: float | None, fmt: str) -> str:
+    if mean is None:
+        return "-"
+    return fmt.format(mean) + ("" if std is None else " +- " + fmt.format(std))
+
+
 def fig3_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The table as the paper prints it: steps to the target, speedup, max accuracy (baseline row first)."""
+    """The table as the paper prints it: steps to the target, speedup, max accuracy (baseline row first).
+    With several seeds per variant, the spread over seeds and the paper's ImageNet numbers too."""
+    if any(row["runs"] > 1 for row in rows):
+        return _fig3_markdown_seeds(rows)
     target = rows[0]["target_acc"]
     lines = [
         f"Steps to reach {_percent(target)} test accuracy (the best of {rows[0]['variant']}; paper Fig. 3).",
@@ -238,6 +329,46 @@ def fig3_markdown(rows: Sequence[dict[str, Any]]) -> str:
         speedup = "-" if row["speedup"] is None else f"{row['speedup']:.1f}x"
         max_acc = _percent(row["max_acc"])
         lines.append(f"| {row['variant']} | {row['lr']} | {runs} | {steps} | {speedup} | {max_acc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fig3_markdown_seeds(rows: Sequence[dict[str, Any]]) -> str:
+    target = _percent(rows[0]["target_acc"])
+    lines = [
+        f"Steps to reach {target} test accuracy (the best of {rows[0]['variant']}'s seed-mean curve; paper "
+        "Fig. 3). Per seed: mean +- sample std over the seeds that reach it (reached/finished); a seed's "
+        "speedup is the baseline curve's steps over its own. Max acc: each seed's best, mean +- std.",
+        "",
+        f"| variant | LR | runs | steps to {target} (mean curve) | per seed | speedup (mean curve) "
+        "| speedup per seed | max acc per seed | paper (ImageNet): steps to 72.2%, max acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        runs = str(row["runs"])
+        notes = [f"{row[k]} {k}" for k in ("diverged", "incomplete") if row[k]]
+        if notes:
+            runs += f" ({', '.join(notes)})"
+        if row["status"] in ("diverged", "incomplete"):
+            steps = per_seed = row["status"]
+        else:
+            steps = "-" if row["steps_to_target"] is None else f"{row['steps_to_target']:,}"
+            finished = len(row["steps_to_target_per_seed"])
+            per_seed = f"{_spread(row['steps_to_target_mean'], row['steps_to_target_std'], '{:,.0f}')} "
+            per_seed += f"({row['reached_seeds']}/{finished})"
+        speedup = "-" if row["speedup"] is None else f"{row['speedup']:.1f}x"
+        speedup_seeds = _spread(row["speedup_mean"], row["speedup_std"], "{:.1f}")
+        speedup_seeds = speedup_seeds + "x" if row["speedup_mean"] is not None else speedup_seeds
+        max_acc = "-"
+        if row["max_acc_mean"] is not None:
+            max_acc = _spread(100 * row["max_acc_mean"], None if row["max_acc_std"] is None
+                              else 100 * row["max_acc_std"], "{:.2f}") + "%"  # fmt: skip
+        paper = (
+            "-" if row["paper_max_acc"] is None else f"{row['paper_steps_to_target']}, {row['paper_max_acc']}"
+        )
+        lines.append(
+            f"| {row['variant']} | {row['lr']} | {runs} | {steps} | {per_seed} | {speedup} | {speedup_seeds} "
+            f"| {max_acc} | {paper} |"
+        )
     return "\n".join(lines) + "\n"
 
 
