@@ -23,7 +23,14 @@ def _smoke_for(experiment: str) -> list[str]:
     shape = "cifar" if base.data.name == "cifar10" else "mnist"
     # Conv nets at a quarter of their width: the same code paths at a fraction of the CPU time.
     narrow = ["model.width=0.25"] if "width" in base.model else []
-    return [f"experiment={experiment}", *SMOKE, f"data.synthetic.shape={shape}", *narrow]
+    # Large-batch presets (ghost_large_batch: 1024) on the 240 smoke images: a batch of 64, ghosts of 16.
+    small = []
+    if base.data.batch_size > 64:
+        small = [
+            "data.batch_size=64",
+            *(["norm.virtual_batch_size=16"] if "virtual_batch_size" in base.norm else []),
+        ]
+    return [f"experiment={experiment}", *SMOKE, f"data.synthetic.shape={shape}", *narrow, *small]
 
 
 def test_presets_exist():
