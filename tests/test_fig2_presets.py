@@ -150,3 +150,19 @@ def test_eval_examples_evaluates_on_the_first_test_images(tmp_path):
         from bn_repro.config import check_values, resolve_config
 
         check_values(resolve_config(compose_config([*SMOKE, "trainer.eval_examples=0"])))
+
+
+@pytest.mark.slow
+def test_the_cpu_sweep_runs_the_six_variants_and_the_control_and_tabulates_them(tmp_path):
+    sweep = tmp_path / "sweep"
+    tiny = [*SMOKE, "trainer.max_steps=4", f"hydra.sweep.dir={sweep}"]  # eval_every: 2% of 4 -> 1
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bn_repro.train", "-m", "experiment=glob(fig2cpu_*)", "seed=0,1", *tiny],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = fig3_table([sweep])
+    expected = [f"fig2cpu_{v}" for v in (*CPU_VARIANTS, "inception_x5")]
+    assert [r["variant"] for r in rows] == expected
+    assert all(r["runs"] == 2 for r in rows) and rows[-1]["paper_max_acc"] == "diverged"

@@ -13,6 +13,7 @@ from bn_repro.analysis.speedup import (
     fig3_markdown,
     fig3_table,
     load_runs,
+    paper_speedup,
     steps_to_target,
     write_fig3,
 )
@@ -184,7 +185,33 @@ def test_cpu_family_seeds_give_mean_and_spread_and_the_papers_numbers(tmp_path):
         "| fig2cpu_bn_x5 | 0.025 | 2 | 2,000 | 2,500 +- 707 (2/2) | 2.5x | 2.1 +- 0.6x | 83.50 +- 0.71% |"
         in markdown
     )
-    assert "2.1e6, 73.0%" in markdown
+    assert "| 2.1e6 (14.8x), 73.0% |" in markdown and "| -, diverged |" in markdown
+    assert "fig2cpu_inception_x5: the paper's control" in markdown
+
+
+def test_papers_speedups_are_inceptions_steps_over_the_variants():
+    assert paper_speedup("fig2cpu_inception") == 1.0 and paper_speedup("fig2_bn_x5") == pytest.approx(
+        31 / 2.1
+    )
+    assert paper_speedup("fig2_bn_baseline") == pytest.approx(31 / 13.3)
+    assert paper_speedup("fig2cpu_bn_x5_sigmoid") is None and paper_speedup("fig1_mnist") is None
+
+
+def test_a_target_reached_at_step_0_gives_no_speedup_instead_of_a_division_by_zero(tmp_path):
+    for seed, accs in BASELINE_SEEDS.items():
+        _write_run(tmp_path, f"i{seed}", "fig2cpu_inception", seed, accs)
+    _write_run(tmp_path, "x0", "fig2cpu_bn_x5", 0, FAST)
+    _write_run(tmp_path, "x1", "fig2cpu_bn_x5", 1, FAST)
+    rows = _rows_by_variant(fig3_table([tmp_path], target=0.1))  # every curve is there at step 0
+    for row in rows.values():
+        assert row["steps_to_target"] == 0 and row["speedup"] is None and row["speedup_mean"] is None
+    assert "| fig2cpu_bn_x5 |" in fig3_markdown(list(rows.values()))
+
+
+def test_a_cpu_sweep_without_its_baseline_names_the_missing_one(tmp_path):
+    _write_run(tmp_path, "x0", "fig2cpu_bn_x5", 0, FAST)
+    with pytest.raises(ValueError, match="baseline 'fig2cpu_inception'; variants found: fig2cpu_bn_x5"):
+        fig3_table([tmp_path])
 
 
 def test_cpu_family_and_paper_family_are_separate_figures(tmp_path):

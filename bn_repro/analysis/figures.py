@@ -7,7 +7,8 @@
     report.written, report.notes
 
 A run dir is what the train app (or scripts/export_wandb.py) leaves: summary.json, metrics.csv and one
-CSV per measurement, activations.csv among them (bn_repro/records/run_files.py). Runs named fig2_* make
+CSV per measurement, activations.csv among them (bn_repro/records/run_files.py). Runs named fig2_* or
+fig2cpu_* (the CPU-scale family: its own figures, `cpu_scale_` before the dataset in their names) make
 Fig. 2 and Fig. 3; every other run is a Fig. 1 run. Runs are grouped by dataset and planned length
 (config.trainer.max_steps); a group is one figure, named after its dataset (plus `_<steps>steps` when a
 dataset has runs of several lengths):
@@ -22,7 +23,8 @@ dataset has runs of several lengths):
   that finished) and the steps the mean curve needs to reach the no-BN curve's best accuracy, with
   the speedup that gives (the Fig. 3 measure applied to Fig. 1).
 - fig2_speedup_<dataset>: test accuracy vs steps for each fig2_* variant present (mean over finished
-  seeds), with the no-BN baseline's best accuracy (the Fig. 3 target) as a horizontal line.
+  seeds, with a min-max band over them when there are several), with the no-BN baseline's best
+  accuracy (the Fig. 3 target) as a horizontal line.
 - fig3_table_<dataset>.md/.csv: bn_repro/analysis/speedup.py's steps-to-target table for those runs.
 - summary.csv: one row per run.
 

@@ -11,10 +11,18 @@ Inception"):
 - A variant's curve is the test accuracy at each evaluation step, averaged over the variant's runs
   that finished without diverging (at the evaluation steps all of them share). With one seed it is
   that run's curve. Runs that are still running or failed are left out and counted as `incomplete`.
-- The target is the highest point of the baseline's curve (fig2_inception: no BN, base LR).
+- The target is the highest point of the baseline's seed-mean curve (fig2_inception: no BN, base LR;
+  for the CPU-scale family fig2cpu_*, fig2cpu_inception).
 - steps_to_target is the first evaluation step at which a variant's curve is >= the target, None
-  when it never is (the paper's "-"); speedup = the baseline's steps_to_target / the variant's.
+  when it never is (the paper's "-"); speedup = the baseline's steps_to_target / the variant's (both
+  read on seed-mean curves).
 - max_acc is the highest point of the variant's curve.
+- Over seeds (the *_mean / *_std columns, sample std, empty with one seed): each finished seed's own
+  curve against the same target. steps_to_target_mean/std over the seeds that reach it
+  (reached_seeds of them); speedup_mean/std of the baseline curve's steps_to_target over each such
+  seed's (the baseline's own seeds need not each reach its mean curve's best, so they are not paired);
+  max_acc_mean/std of each seed's best accuracy.
+- The paper's ImageNet numbers (Fig. 3, section 4.2) sit beside each row (paper_* columns).
 - A variant whose runs all diverged has no curve: status "diverged". Diverged seeds of a variant
   that also has finished ones are counted in `diverged` and left out of its curve.
 """
@@ -54,7 +62,7 @@ FIG3_COLUMNS = (
     "max_acc", "max_acc_step", "steps_to_target_per_seed", "best_acc_per_seed",
     # Over seeds (each seed's own curve against the target of the baseline's seed-mean curve):
     "reached_seeds", "steps_to_target_mean", "steps_to_target_std", "speedup_mean", "speedup_std",
-    "max_acc_mean", "max_acc_std", "paper_steps_to_target", "paper_max_acc",
+    "max_acc_mean", "max_acc_std", "paper_steps_to_target", "paper_speedup", "paper_max_acc",
 )  # fmt: skip
 
 
@@ -76,7 +84,22 @@ def baseline_of(names: Iterable[str]) -> str:
     if BASELINE in names:
         return BASELINE
     found = sorted(n for n in names if family_of(n) and variant_of(n) == "inception")
-    return found[0] if len(found) == 1 else BASELINE
+    if len(found) == 1:
+        return found[0]
+    # No inception run (yet): name the one family's baseline, so that the error says what is missing.
+    families = {family_of(n) for n in names}
+    return f"{families.pop()}inception" if len(families) == 1 and None not in families else BASELINE
+
+
+def paper_speedup(experiment_name: str) -> float | None:
+    """The paper's ImageNet speedup of a variant: Inception's steps to 72.2% over the variant's (14.8x for
+    BN-x5); None where the paper gives no steps (or for a name outside the speedup families)."""
+    if family_of(experiment_name) is None:
+        return None
+    steps = PAPER_IMAGENET.get(variant_of(experiment_name), ("-", ""))[0]
+    if steps == "-":
+        return None
+    return float(PAPER_IMAGENET["inception"][0]) / float(steps)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -260,6 +283,7 @@ def fig3_table(
             "paper_steps_to_target": PAPER_IMAGENET.get(variant_of(name), (None, None))[0]
             if family_of(name)
             else None,
+            "paper_speedup": paper_speedup(name),
             "paper_max_acc": PAPER_IMAGENET.get(variant_of(name), (None, None))[1]
             if family_of(name)
             else None,
@@ -272,7 +296,8 @@ def fig3_table(
         row.update(
             status="reached" if steps is not None else "not reached",
             steps_to_target=steps,
-            speedup=baseline_steps / steps if steps and baseline_steps is not None else None,
+            # A curve at the target from step 0 on (a fixed low target) has no finite speedup: left empty.
+            speedup=baseline_steps / steps if steps and baseline_steps else None,
             max_acc=curve.max_acc,
             max_acc_step=curve.max_acc_step,
             steps_to_target_per_seed=[steps_to_target(r.steps, r.test_acc, target) for r in curve.runs],
@@ -281,8 +306,8 @@ def fig3_table(
         reached = [s for s in row["steps_to_target_per_seed"] if s is not None]
         row["reached_seeds"] = len(reached)
         row["steps_to_target_mean"], row["steps_to_target_std"] = _mean_std(reached)
-        if baseline_steps is not None:
-            row["speedup_mean"], row["speedup_std"] = _mean_std([baseline_steps / s for s in reached])
+        if baseline_steps:
+            row["speedup_mean"], row["speedup_std"] = _mean_std([baseline_steps / s for s in reached if s])
         row["max_acc_mean"], row["max_acc_std"] = _mean_std(row["best_acc_per_seed"])
         rows.append(row)
     return rows
@@ -340,7 +365,7 @@ def _fig3_markdown_seeds(rows: Sequence[dict[str, Any]]) -> str:
         "speedup is the baseline curve's steps over its own. Max acc: each seed's best, mean +- std.",
         "",
         f"| variant | LR | runs | steps to {target} (mean curve) | per seed | speedup (mean curve) "
-        "| speedup per seed | max acc per seed | paper (ImageNet): steps to 72.2%, max acc |",
+        "| speedup per seed | max acc per seed | paper (ImageNet): steps to 72.2% (speedup), max acc |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -363,12 +388,20 @@ def _fig3_markdown_seeds(rows: Sequence[dict[str, Any]]) -> str:
             max_acc = _spread(100 * row["max_acc_mean"], None if row["max_acc_std"] is None
                               else 100 * row["max_acc_std"], "{:.2f}") + "%"  # fmt: skip
         paper = (
-            "-" if row["paper_max_acc"] is None else f"{row['paper_steps_to_target']}, {row['paper_max_acc']}"
+            "-"
+            if row["paper_max_acc"] is None
+            else f"{row['paper_steps_to_target']}"
+            + ("" if row["paper_speedup"] is None else f" ({row['paper_speedup']:.1f}x)")
+            + f", {row['paper_max_acc']}"
         )
         lines.append(
             f"| {row['variant']} | {row['lr']} | {runs} | {steps} | {per_seed} | {speedup} | {speedup_seeds} "
             f"| {max_acc} | {paper} |"
         )
+    controls = [row["variant"] for row in rows if variant_of(row["variant"]) == "inception_x5"]
+    if controls:
+        note = "the paper's control, no BN at BN-x5's learning rate (section 4.2: it diverged on ImageNet)."
+        lines += ["", f"{', '.join(controls)}: {note}"]
     return "\n".join(lines) + "\n"
 
 
