@@ -3,8 +3,10 @@ schedule, batch order and augmentation. The app and the benchmarks build runs th
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +80,37 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: Mapping[str, Any
     )
 
 
+# Set by shared_data(): the data sets loaded so far, by (data config, device).
+_shared_data: dict[str, DeviceDataset] | None = None
+
+
+@contextlib.contextmanager
+def shared_data() -> Iterator[None]:
+    """Within it, runs built with the same data config on the same device share one loaded data set.
+
+    The batched members of bn_repro/batched/ build their runs one after another in one process; a run
+    only reads its data set, and K copies would cost K times the memory and the load time."""
+    global _shared_data
+    outer = _shared_data
+    _shared_data = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _shared_data = outer
+
+
 def load_data(config: Mapping[str, Any], device: torch.device) -> DeviceDataset:
     d = config["data"]
-    return load_dataset(
+    key = f"{json.dumps(d, sort_keys=True, default=str)} on {device}"
+    if _shared_data is not None and key in _shared_data:
+        return _shared_data[key]
+    data = load_dataset(
         d["name"], d["root"], device, download=d["download"], download_timeout_s=d["download_timeout_s"],
         synthetic=d.get("synthetic"),
     )  # fmt: skip
+    if _shared_data is not None:
+        _shared_data[key] = data
+    return data
 
 
 @dataclass

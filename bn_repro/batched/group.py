@@ -1,0 +1,220 @@
+"""One group of batched members: each member is a single run's Session (bn_repro/engine/loop.py), and
+their training steps are one batched model's (bn_repro/batched/model.py).
+
+    summaries = train_group([(config, run_dir), ...], group=0, jobs=[0, 2], threads=1)
+
+Each member's Session is built by the normal setup with its own seed, so its initial weights, batch
+order and augmentation stream are those of the single run; every step draws each member's batch from
+its own run. Before each evaluation, measurement or checkpoint the batched state is copied back into
+the members' own models, optimizers and windows, and the Session's own code evaluates, measures,
+checkpoints and writes the run files, so they are a single run's files (summary.json adds "batched").
+A member whose loss becomes NaN stops alone: it is evaluated and checkpointed as a single run that
+diverges, and the others go on as a smaller batched model.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from bn_repro import norms
+from bn_repro.batched.model import BatchedMLP, StackedSGD, batched_train_step
+from bn_repro.config import resolve_config
+from bn_repro.engine import setup
+from bn_repro.engine.evaluate import population_stats_accuracy
+from bn_repro.engine.loop import Session
+from bn_repro.models.mlp import MLP
+from bn_repro.norms import batch_norm_layers
+
+__all__ = ["train_group"]
+
+
+def train_group(
+    members: Sequence[tuple[Any, Path | str]],
+    group: int = 0,
+    jobs: Sequence[int] | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train `members` ((config, run dir) pairs whose configs differ only in seed and optim.lr) as one
+    batched model; write each member's run files; return their summaries, in order.
+
+    `threads`: torch's intra-op threads for the group (None: the members' trainer.threads)."""
+    sessions: list[Session] = []
+    statuses: dict[int, str] = {}
+    try:
+        with setup.shared_data():
+            for config, run_dir in members:
+                sessions.append(Session(resolve_config(config), Path(run_dir)))
+        if threads is not None:
+            torch.set_num_threads(threads)
+        jobs = list(jobs) if jobs is not None else list(range(len(sessions)))
+        for k, session in enumerate(sessions):
+            if not isinstance(session.run.model, MLP):
+                raise ValueError(f"batched members must be MLPs, got {type(session.run.model).__name__}")
+            session.facts["batched"] = {"group": group, "member": k, "members": len(sessions), "jobs": jobs}
+            session.facts["threads"] = torch.get_num_threads()
+            # One progress bar for the group (_fit), not one per member.
+            session.progress.close()
+            session.progress = tqdm(disable=True)
+        _fit(sessions, statuses)
+    finally:
+        for k, session in enumerate(sessions):
+            session.close(statuses.get(k, "failed"))
+    return [session.summary(statuses[k]) for k, session in enumerate(sessions)]
+
+
+def _fit(sessions: list[Session], statuses: dict[int, str]) -> None:
+    """Session.fit for every member, the training steps batched."""
+    max_steps = sessions[0].config["trainer"]["max_steps"]
+    for session in sessions:
+        session.loop_start = time.perf_counter() - session.state.wall_time_s
+        if session.state.step == 0:
+            session.after_step(0, None, evaluate_now=True, last=False)
+        session.run.net.train()
+    pending = [s for s in sessions if not s.state.diverged and s.state.step < max_steps]
+    # Members resumed from checkpoints of different steps train as one group per step.
+    for start in sorted({s.state.step for s in pending}):
+        _train_together([s for s in pending if s.state.step == start], start)
+    for k, session in enumerate(sessions):
+        statuses[k] = _finish(session)
+
+
+def _finish(session: Session) -> str:
+    """The end of Session.fit: Algorithm 2's population statistics, and the status."""
+    run, state, trainer = session.run, session.state, session.config["trainer"]
+    if trainer["population_stats_batches"] and batch_norm_layers(run.model) and not state.diverged:
+        loss, acc = population_stats_accuracy(
+            run.model, run.data, run.batches, trainer["population_stats_batches"], trainer["eval_batch_size"]
+        )
+        state.extra.update(final_test_acc_population_stats=acc, final_test_loss_population_stats=loss)
+    return "diverged" if state.diverged else "finished"
+
+
+class _Window:
+    """The members' training windows (bn_repro/engine/state.Window) stacked, kept on the device."""
+
+    def __init__(self, members: Sequence[Session]):
+        self.members = members
+        self.loss = torch.stack([m.state.window.loss for m in members])
+        self.correct = torch.stack([m.state.window.correct for m in members])
+        self.steps = members[0].state.window.steps
+
+    def add(self, losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss += losses
+        self.correct += (logits.argmax(2) == targets).sum(1)
+        self.steps += 1
+
+    def scatter(self) -> None:
+        for k, member in enumerate(self.members):
+            member.state.window.loss.copy_(self.loss[k])
+            member.state.window.correct.copy_(self.correct[k])
+            member.state.window.steps = self.steps
+
+
+class _Batched:
+    """The batched model, optimizer and window of `members`, built from their current state."""
+
+    def __init__(self, members: Sequence[Session]):
+        self.members = list(members)
+        self.model = BatchedMLP([m.run.model for m in members], norms.factory(members[0].config["norm"]))
+        self.model.train()
+        self.optimizer = StackedSGD(
+            self.model, members[0].config["optim"], [m.run.optimizer for m in members]
+        )
+        self.window = _Window(self.members)
+
+    def scatter(self) -> None:
+        """Everything the members' own code reads: parameters, buffers, momentum, training window."""
+        self.model.scatter()
+        self.optimizer.scatter()
+        self.window.scatter()
+
+
+def _due(session: Session, phase: str, step: int, last: bool) -> bool:
+    return any(s.due(step, phase, last) for s in session.measurements)
+
+
+def _next_batches(members: Sequence[Session]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's next batch (Components.next_batch), stacked: (K, B, ...) inputs, (K, B) targets.
+
+    Members that share one data set (setup.shared_data) and need no augmentation, replica split or
+    memory-format change are read with one gather and one normalisation over all their indices, the
+    same elementwise operations as K calls of next_batch (a tenth of the per-step cost at K=10)."""
+    runs = [m.run for m in members]
+    first = runs[0]
+    if all(
+        r.data is first.data and r.augment is None and not r.replicas.active and not r.fast.channels_last
+        for r in runs
+    ):
+        idx = torch.stack([next(r.batches) for r in runs])
+        return first.data.normalize(first.data.train_x[idx]), first.data.train_y[idx]
+    batches = [r.next_batch() for r in runs]
+    return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+
+def _train_together(members: list[Session], start: int) -> None:
+    """Steps start+1 .. max_steps of `members` (all at step `start`) as one batched model."""
+    trainer, name = members[0].config["trainer"], members[0].config["experiment_name"]
+    max_steps, every = trainer["max_steps"], trainer["checkpoint_every"]
+    batched = _Batched(members)
+    lrs = [m.run.optimizer.param_groups[0]["lr"] for m in members]
+    progress = tqdm(
+        total=max_steps, initial=start, desc=f"{name} x{len(members)}", unit="step", dynamic_ncols=True,
+        disable=None if trainer["progress"] else True, leave=False,
+    )  # fmt: skip
+    try:
+        for step in range(start + 1, max_steps + 1):
+            x, y = _next_batches(members)
+            batches = list(zip(x, y, strict=True))  # member k's batch: views of row k
+            if _due(members[0], "before_step", step, last=False):
+                batched.scatter()
+                for member, batch in zip(members, batches, strict=True):
+                    member.measure("before_step", step, batch, last=False)
+            losses, logits = batched_train_step(batched.model, batched.optimizer, x, y, lrs)
+            with warnings.catch_warnings():
+                # The members' schedulers set each member's lr; their optimizers never step themselves.
+                warnings.filterwarnings(
+                    "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+                )
+                for member in members:
+                    if member.run.scheduler is not None:
+                        member.run.scheduler.step()
+            lrs = [m.run.optimizer.param_groups[0]["lr"] for m in members]
+            batched.window.add(losses, logits, y)
+            last = step == max_steps
+            evaluate_now = last or step % trainer["eval_every"] == 0
+            diverged: set[int] = set()
+            if last or step % trainer["log_every"] == 0:
+                progress.update(step - progress.n)
+                diverged = {k for k, ok in enumerate(torch.isfinite(batched.window.loss).tolist()) if not ok}
+            checkpoint_now = bool(every) and (step % every == 0 or last or bool(diverged))
+            for member in members:
+                member.state.step = step
+            if not (evaluate_now or diverged or checkpoint_now or _due(members[0], "after_step", step, last)):
+                continue
+            batched.scatter()
+            for k, member in enumerate(members):
+                stop = k in diverged
+                member.state.diverged = member.state.diverged or stop
+                member.after_step(step, batches[k], evaluate_now or stop, last or stop)
+                if every and (step % every == 0 or last or stop):
+                    member.checkpoint(step)
+            if evaluate_now:
+                # Each window restarted at its own member's evaluation; the group's steps start now.
+                now = time.perf_counter()
+                for member in members:
+                    member.state.window.started = now
+            if diverged:
+                members = [m for k, m in enumerate(members) if k not in diverged]
+                lrs = [lr for k, lr in enumerate(lrs) if k not in diverged]
+                if not members:
+                    break
+            batched = _Batched(members)
+    finally:
+        progress.close()
