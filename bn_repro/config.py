@@ -148,6 +148,43 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     _positive(cfg, "trainer.checkpoint_every", allow_zero=True)
     if not cfg["optim"]["lr"] > 0:
         raise ConfigError(f"optim.lr={cfg['optim']['lr']!r} is not valid; expected a number > 0")
+    _check_registered(cfg)
+
+
+def _check_registered(cfg: Mapping[str, Any]) -> None:
+    """norm.kind, the norm's options and the measurements' names and options, from the registries'
+    source files (bn_repro/registry_index.py) while the registries themselves (torch modules) are not
+    imported; once they are, check_components asks them."""
+    import sys
+
+    from bn_repro import registry_index as index
+
+    norm = cfg.get("norm")
+    if "bn_repro.norms" not in sys.modules and isinstance(norm, Mapping) and "kind" in norm:
+        entries = index.norm_index()
+        _choice(cfg, "norm.kind", tuple(entries))
+        entry = entries[norm["kind"]]
+        given = {k: v for k, v in norm.items() if k != "kind"}
+        problem = index.option_problem(
+            f"norm.kind={entry.name}", "norm", entry.options, entry.open, entry.choices, given
+        )
+        if problem:
+            raise ConfigError(problem)
+    if "bn_repro.measures" not in sys.modules:
+        measures = index.measure_index()
+        for name, given in (cfg.get("measure") or {}).items():
+            if name not in measures:
+                raise ConfigError(f"unknown measurement {name!r}; valid choices: {', '.join(measures)}")
+            given = given if isinstance(given, Mapping) else {}
+            problem = index.every_problem(name, given.get("every"))
+            entry = measures[name]
+            if problem is None and entry is not None:
+                problem = index.option_problem(
+                    f"measure.{name}", f"measure.{name}", entry.options, entry.open, None, given,
+                    extra=("every",),
+                )  # fmt: skip
+            if problem:
+                raise ConfigError(problem)
 
 
 def _check_sampler(cfg: Mapping[str, Any]) -> None:

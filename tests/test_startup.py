@@ -32,6 +32,14 @@ print("torch imported:", "torch" in sys.modules)
         (["data.batch_size=0"], "error: data.batch_size=0 is not valid"),
         (["trainer.precision=fp8"], "error: trainer.precision='fp8' is not valid"),
         (["experiment=fig1_fashion_mnist"], "valid"),
+        # The registries' checks, read from their source files (bn_repro/registry_index.py).
+        (["norm.kind=nope"], "error: norm.kind='nope' is not valid; valid choices: none, batch_renorm"),
+        (["norm=custom", "norm.backward=paper"], "error: norm.backward='paper' is not valid for norm.kind"),
+        (["norm=builtin", "+norm.groups=4"], "error: norm.kind=builtin has no option 'groups'"),
+        (["measure.landscape.every=-1"], "error: measure.landscape.every=-1 is not valid"),
+        (["+measure.landscape.stepsize=2"], "error: measure.landscape has no option 'stepsize'"),
+        (["+measure.nope.every=1"], "error: unknown measurement 'nope'"),
+        (["experiment=santurkar_vgg_cpu"], "valid"),
     ],
 )
 def test_value_checks_need_no_torch(overrides, expected):
@@ -49,3 +57,64 @@ def test_the_app_reports_a_bad_value_without_training(tmp_path):
     assert result.returncode != 0
     assert "model.activation='tanh' is not valid; valid choices: sigmoid, relu" in result.stderr
     assert not (tmp_path / "metrics.csv").exists()
+
+
+# Configs that the registries refuse, each for another reason.
+BAD_REGISTRY_CONFIGS = [
+    ["norm.kind=nope"],
+    ["norm=custom", "norm.backward=paper"],
+    ["norm=custom", "norm.impl=slow"],
+    ["norm=builtin", "+norm.groups=4"],
+    ["norm=groupnorm", "+norm.virtual_batch_size=4"],
+    ["measure.landscape.every=-1"],
+    ["measure.eval_stats.every=1.5"],
+    ["+measure.landscape.stepsize=2"],
+    ["+measure.ics_gradient.units=[0]"],
+    ["+measure.nope.every=1"],
+]
+
+
+def test_the_index_is_the_registries():
+    """bn_repro/registry_index.py reads the same entries, options, defaults and choices as the
+    registries hold once imported."""
+    import inspect
+
+    from bn_repro import measures, norms
+    from bn_repro import registry_index as index
+
+    def declared(options):
+        return {k: index.REQUIRED if v is inspect.Parameter.empty else v for k, v in options.items()}
+
+    def same(a, b):  # sequences in the source are tuples or lists; the registry keeps what was written
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in a.items()} == {
+            k: tuple(v) if isinstance(v, list) else v for k, v in b.items()
+        }
+
+    assert tuple(index.norm_index()) == norms.names()
+    for name, entry in index.norm_index().items():
+        spec = norms.get(name)
+        assert same(entry.options, declared(spec.defaults)), name
+        assert entry.open == spec.open_options and entry.choices == spec.choices, name
+    assert tuple(index.measure_index()) == measures.names()
+    for name, entry in index.measure_index().items():
+        assert entry is not None, name  # every measurement of the package is readable
+        cls = measures.get(name)
+        assert same(entry.options, declared(measures.options_of(cls))), name
+
+
+@pytest.mark.parametrize("overrides", BAD_REGISTRY_CONFIGS, ids=" ".join)
+def test_the_index_and_the_registries_say_the_same(overrides):
+    """The same error, word for word, before torch (the index) and after (the registries)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(overrides=overrides)], cwd=REPO, capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    assert "torch imported: False" in out
+    before = out.splitlines()[0]
+    from omegaconf import OmegaConf
+
+    from bn_repro.config import ConfigError, check_components, compose
+
+    with pytest.raises(ConfigError) as error:
+        check_components(OmegaConf.to_container(compose(overrides), resolve=True))
+    assert before == f"error: {error.value}"

@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bn_repro.registry_index import REQUIRED, every_problem, option_problem
+
 # before_step: at step s, before its update (the parameters of step s - 1, the batch of step s).
 # after_step: after step s's update, with the batch it used; also at step 0 (no batch) and at the last step.
 PHASES = ("before_step", "after_step")
@@ -182,16 +184,17 @@ def check_config(measure_cfg: Mapping[str, Any]) -> None:
     for name, entry in (measure_cfg or {}).items():
         cls = get(name)
         every = entry.get("every") if isinstance(entry, Mapping) else None
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise MeasureConfigError(
-                f"measure.{name}.every={every!r} is not valid; expected an integer >= 0 (0: off)"
-            )
-        unknown = sorted(set(entry) - {"every"} - set(options_of(cls)))
-        if unknown and not (cls.__init__ is not object.__init__ and _takes_any_option(cls)):
-            raise MeasureConfigError(
-                f"measure.{name} has no option {', '.join(map(repr, unknown))}; "
-                f"its options: {', '.join(['every', *options_of(cls)])}"
-            )
+        problem = every_problem(name, every) or option_problem(
+            f"measure.{name}", f"measure.{name}", _declared_options(cls),
+            cls.__init__ is not object.__init__ and _takes_any_option(cls), None, entry, extra=("every",),
+        )  # fmt: skip
+        if problem:
+            raise MeasureConfigError(problem)
+
+
+def _declared_options(cls: type[Measurement]) -> dict[str, Any]:
+    return {name: REQUIRED if default is inspect.Parameter.empty else default
+            for name, default in options_of(cls).items()}  # fmt: skip
 
 
 @dataclass

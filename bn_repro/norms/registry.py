@@ -23,6 +23,8 @@ from typing import Any
 
 from torch import nn
 
+from bn_repro.registry_index import REQUIRED, option_problem
+
 # A built layer remembers its entry under this attribute (not a buffer: not part of the state_dict).
 _KIND_ATTR = "_bn_repro_norm_kind"
 _BUILDER_ARGS = ("num_features", "dim")
@@ -72,22 +74,13 @@ class NormSpec:
                    for p in inspect.signature(self.builder).parameters.values())  # fmt: skip
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        unknown = [] if self.open_options else sorted(set(options) - set(self.defaults))
-        if unknown:
-            valid = ", ".join(self.defaults) or "none"
-            raise NormConfigError(
-                f"norm.kind={self.name} has no option {', '.join(map(repr, unknown))}; its options: {valid}"
-            )
-        missing = [name for name, default in self.defaults.items()
-                   if default is inspect.Parameter.empty and name not in options]  # fmt: skip
-        if missing:
-            raise NormConfigError(f"norm.kind={self.name} needs the option(s) {', '.join(missing)}")
-        for option, valid in self.choices.items():
-            if option in options and options[option] not in valid:
-                raise NormConfigError(
-                    f"norm.{option}={options[option]!r} is not valid for norm.kind={self.name}; "
-                    f"valid choices: {', '.join(map(str, valid))}"
-                )
+        declared = {name: REQUIRED if default is inspect.Parameter.empty else default
+                    for name, default in self.defaults.items()}  # fmt: skip
+        problem = option_problem(
+            f"norm.kind={self.name}", "norm", declared, self.open_options, self.choices, options
+        )
+        if problem:
+            raise NormConfigError(problem)
 
     def format_label(self, options: Mapping[str, Any]) -> str:
         return self.label.format(**{**self.defaults, **options})
