@@ -50,7 +50,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
 from bn_repro import norms
-from bn_repro.analysis import speedup
+from bn_repro.analysis import speedup, stats
 from bn_repro.records.run_files import SUMMARY_FILE, measurement_file, read_measurement
 
 DATASET_NAMES = {
@@ -89,7 +89,17 @@ SUMMARY_COLUMNS = (
 FIG1_COLUMNS = (
     "curve", "runs", "finished", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
     "target_acc", "steps_to_target", "speedup",
+    # 95% t-intervals over the finished seeds (bn_repro/analysis/stats.py): half-widths.
+    "final_acc_ci95", "best_acc_ci95",
+    # Each seed's own curve against the same target: how many reach it, and their steps' mean and interval.
+    "seeds_reaching_target", "seed_steps_to_target_mean", "seed_steps_to_target_ci95",
 )  # fmt: skip
+# One row per curve against the reference BN (torch's, norm.kind=builtin), paired by seed.
+FIG1_DIFFERENCE_COLUMNS = (
+    "curve", "reference", "pairs", "final_acc_diff_mean", "final_acc_diff_ci95", "best_acc_diff_mean",
+    "best_acc_diff_ci95", "interval_excludes_zero",
+)  # fmt: skip
+REFERENCE_NORM = "builtin"
 IMAGE_FORMATS = ("png", "pdf")
 PNG_DPI = 150
 
@@ -293,8 +303,9 @@ def _save(fig: Figure, out_dir: Path, stem: str, report: Report) -> None:
         report.written.append(path)
 
 
-def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: bool) -> speedup.Curve | None:
-    """The mean test accuracy of the finished runs (with their min-max band), and each stopped run."""
+def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: str | None) -> speedup.Curve | None:
+    """The mean test accuracy of the finished runs, and each stopped run. `band` around the mean:
+    "minmax" (the range over seeds), "ci95" (the 95% t-interval of the mean) or None."""
     curve = speedup.mean_curve([r.run for r in runs])
     if curve is not None:
         steps = np.array(curve.steps)
@@ -310,7 +321,12 @@ def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: bool) -
             per_run = np.array(
                 [[dict(zip(r.steps, r.test_acc, strict=True))[s] for s in curve.steps] for r in curve.runs]
             )
-            ax.fill_between(steps, 100 * per_run.min(0), 100 * per_run.max(0), color=color, alpha=0.2, lw=0)
+            if band == "ci95":
+                half = np.array([stats.t_interval(column)[1] for column in per_run.T])
+                low, high = per_run.mean(0) - half, per_run.mean(0) + half
+            else:
+                low, high = per_run.min(0), per_run.max(0)
+            ax.fill_between(steps, 100 * low, 100 * high, color=color, alpha=0.2, lw=0)
     for run in runs:
         if run.stopped_early and run.run.steps:
             ax.plot(
@@ -345,9 +361,10 @@ def plot_fig1a(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report
     ax = fig.add_subplot()
     curves = split_curves(runs, lambda r: r.norm_label)
     for i, label in enumerate(sorted(curves, key=_norm_order(curves))):
-        _draw_accuracy(ax, label, curves[label], f"C{i}", band=True)
+        _draw_accuracy(ax, label, curves[label], f"C{i}", band="ci95")
     ax.set_title(
-        f"Fig. 1(a): {_title(runs)}\ntest accuracy, mean over seeds, band: min-max over seeds", fontsize=10
+        f"Fig. 1(a): {_title(runs)}\ntest accuracy, mean over seeds, band: 95% t-interval of the mean",
+        fontsize=10,
     )
     _accuracy_axes(ax, legend_outside=False)
     _save(fig, out_dir, stem, report)
@@ -374,17 +391,33 @@ def _unit_series(run: RunData) -> tuple[str, int, dict[str, np.ndarray]]:
     return layer, unit, {k: np.array([r[k] for r in rows]) for k in ("step", "p15", "p50", "p85")}
 
 
+def _p50_over_seeds(runs: Sequence[RunData]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, p50 per seed: (seeds, steps)) of the Fig. 1(b,c) unit in every finished run with probe
+    rows, at the steps all of them probed; None with fewer than two such runs."""
+    series = [_unit_series(r)[2] for r in runs if r.activations and not r.stopped_early]
+    if len(series) < 2:
+        return None
+    steps = sorted(set(series[0]["step"].tolist()).intersection(*(s["step"].tolist() for s in series[1:])))
+    by_step = [dict(zip(s["step"].tolist(), s["p50"], strict=True)) for s in series]
+    values = np.array([[points[t] for t in steps] for points in by_step])
+    return np.array(steps), values
+
+
 def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> bool:
-    """One panel per norm, shared axes; False (nothing written) when no run has probe rows."""
+    """One panel per norm, shared axes; False (nothing written) when no run has probe rows. With
+    several seeds, a last panel draws the spread of the 50th percentile over seeds, per norm."""
     curves = split_curves(runs, lambda r: r.norm_label)
-    panels = [(label, _typical_run(curves[label])) for label in sorted(curves, key=_norm_order(curves))]
+    order = sorted(curves, key=_norm_order(curves))
+    panels = [(label, _typical_run(curves[label])) for label in order]
     panels = [(label, run) for label, run in panels if run is not None]
     if not panels:
         return False
-    fig = Figure(figsize=(max(4.2 * len(panels), 6.4), 4.0), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False)[0]
+    spreads = {label: spread for label in order if (spread := _p50_over_seeds(curves[label])) is not None}
+    columns = len(panels) + bool(spreads)
+    fig = Figure(figsize=(max(4.2 * columns, 6.4), 4.0), layout="constrained")
+    axes = fig.subplots(1, columns, sharex=True, sharey=True, squeeze=False)[0]
     described = set()
-    for ax, (label, run) in zip(axes, panels, strict=True):
+    for ax, (label, run) in zip(axes, panels, strict=False):
         layer, unit, series = _unit_series(run)
         described.add((layer, unit))
         for p, style, width in (("p85", "--", 1.0), ("p50", "-", 1.6), ("p15", ":", 1.2)):
@@ -395,7 +428,17 @@ def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Repor
         ax.grid(alpha=0.3)
     activation = runs[0].config.get("model", {}).get("activation", "nonlinearity")
     axes[0].set_ylabel(f"input to the {activation}")
-    axes[-1].legend(fontsize=8, loc="best")
+    axes[len(panels) - 1].legend(fontsize=8, loc="best")
+    if spreads:
+        ax = axes[-1]
+        for label, (steps, values) in spreads.items():
+            color = f"C{order.index(label)}"  # the norm's colour in Fig. 1(a)
+            ax.plot(steps, values.mean(0), color=color, lw=1.6, label=f"{label} ({len(values)} seeds)")
+            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
+        ax.set_title("50th percentile over seeds: mean, band min-max", fontsize=9)
+        _steps_axis(ax)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     where = "; ".join(f"unit {u} of {layer} (last hidden layer)" for layer, u in sorted(described))
     probe = runs[0].config.get("probe", {})
     probe_text = f"{probe['num_examples']} test images, {probe['mode']} mode" if probe else "the probe set"
@@ -419,7 +462,7 @@ def plot_fig2(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report)
         curves = split_curves([by_dir[r.run_dir] for r in group], lambda _run, label=label: label)
         for curve_label, curve_runs in curves.items():
             # With several seeds, the band is their min-max range around the mean curve.
-            _draw_accuracy(ax, curve_label, curve_runs, f"C{color % 10}", band=True)
+            _draw_accuracy(ax, curve_label, curve_runs, f"C{color % 10}", band="minmax")
             color += 1
     # The line is the Fig. 3 target: the best of the baseline's curve as speedup.fig3_table computes it.
     baseline_curve = speedup.mean_curve(variants.get(baseline, []))
@@ -479,6 +522,11 @@ def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         best = np.array([r.summary["best_test_acc"] for r in finished], dtype=float)
         curve = means[label]
         steps = speedup.steps_to_target(curve.steps, curve.test_acc, target) if curve and target else None
+        reached = [] if target is None else [
+            s for r in finished
+            if (s := speedup.steps_to_target(r.run.steps, r.run.test_acc, target)) is not None
+        ]  # fmt: skip
+        seed_steps, seed_steps_ci = stats.t_interval(reached)
         rows.append({
             "curve": label,
             "runs": len(curves[label]),
@@ -491,43 +539,128 @@ def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
             "steps_to_target": steps,
             # A curve reaching the target at step 0 has no finite speedup: left empty.
             "speedup": base_steps / steps if base_steps and steps else None,
+            "final_acc_ci95": stats.t_interval(final)[1],
+            "best_acc_ci95": stats.t_interval(best)[1],
+            "seeds_reaching_target": len(reached) if target is not None else None,
+            "seed_steps_to_target_mean": seed_steps,
+            "seed_steps_to_target_ci95": seed_steps_ci,
         })  # fmt: skip
     return rows
 
 
+def fig1_differences(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    """Each other curve minus the reference BN curve (norm.kind=builtin, torch's), in final and best test
+    accuracy, paired by seed, with the 95% t-interval of the mean difference (FIG1_DIFFERENCE_COLUMNS).
+    Empty without exactly one reference curve. A custom BN that matches torch's has an interval around
+    zero; the no-BN row is BN's effect."""
+    curves = split_curves(runs, lambda r: r.norm_label)
+    references = [label for label, group in curves.items() if group[0].norm_kind == REFERENCE_NORM]
+    if len(references) != 1:
+        return []
+    reference = references[0]
+
+    def by_seed(label: str, key: str) -> dict[int, float]:
+        finished = [r for r in curves[label] if not r.stopped_early and r.seed is not None]
+        return {r.seed: float(r.summary[key]) for r in finished}
+
+    rows = []
+    for label in sorted(curves, key=_norm_order(curves)):
+        if label == reference:
+            continue
+        final, best = (
+            stats.paired_difference(by_seed(label, key), by_seed(reference, key))
+            for key in ("final_test_acc", "best_test_acc")
+        )
+        rows.append({
+            "curve": label, "reference": reference, "pairs": final.pairs,
+            "final_acc_diff_mean": final.mean, "final_acc_diff_ci95": final.ci,
+            "best_acc_diff_mean": best.mean, "best_acc_diff_ci95": best.ci,
+            "interval_excludes_zero": final.excludes_zero,
+        })  # fmt: skip
+    return rows
+
+
+def _pct_interval(mean: float | None, half: float | None, std: float | None = None) -> str:
+    """'88.63% +- 0.31' (a 95% half-width), with the std after it when given."""
+    if mean is None:
+        return "-"
+    text = f"{100 * mean:.2f}%"
+    if half is not None:
+        text += f" +- {100 * half:.2f}"
+    if std is not None:
+        text += f" (std {100 * std:.2f})"
+    return text
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_fig1_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
     rows = fig1_rows(runs)
-
-    def pct(mean, std):
-        if mean is None:
-            return "-"
-        return f"{100 * mean:.2f}%" + (f" +- {100 * std:.2f}" if std is not None else "")
-
     target = rows[0]["target_acc"] if rows else None
+    target_text = f"{100 * target:.2f}% (no-BN best)" if target else "the no-BN best (no no-BN runs)"
     lines = [
         f"**Fig. 1 numbers: {_title(runs)}**",
         "",
-        "| curve | seeds (finished) | final test acc | best test acc | steps to "
-        + (f"{100 * target:.2f}% (no-BN best)" if target else "the no-BN best (no no-BN runs)")
-        + " | speedup |",
-        "|---|---|---|---|---|---|",
+        f"| curve | seeds (finished) | final test acc | best test acc | steps to {target_text}, mean curve "
+        "| speedup | each seed's steps to it (seeds reaching it) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         steps, gain = row["steps_to_target"], row["speedup"]
+        seed_steps, seed_ci = row["seed_steps_to_target_mean"], row["seed_steps_to_target_ci95"]
+        reaching = row["seeds_reaching_target"]
+        per_seed = "-" if seed_steps is None else f"{seed_steps:,.0f}" + (
+            f" +- {seed_ci:,.0f}" if seed_ci is not None else "")  # fmt: skip
         lines.append(
             f"| {row['curve']} | {row['runs']} ({row['finished']}) "
-            f"| {pct(row['final_acc_mean'], row['final_acc_std'])} "
-            f"| {pct(row['best_acc_mean'], row['best_acc_std'])} "
+            f"| {_pct_interval(row['final_acc_mean'], row['final_acc_ci95'], row['final_acc_std'])} "
+            f"| {_pct_interval(row['best_acc_mean'], row['best_acc_ci95'], row['best_acc_std'])} "
             f"| {f'{steps:,}' if steps is not None else '-'} "
-            f"| {f'{gain:.1f}x' if gain else '-'} |"
+            f"| {f'{gain:.1f}x' if gain else '-'} "
+            f"| {per_seed} ({'-' if reaching is None else reaching}/{row['finished']}) |"
         )
-    lines += ["", "Mean +- sample std over the seeds that finished; steps read from the seed-mean curve."]
+    lines += [
+        "",
+        "Mean +- the half-width of the 95% Student t-interval of the mean over the seeds that finished "
+        "(sample std in brackets). Steps to the target: the first evaluation at or above it, on the "
+        "seed-mean curve (and the speedup from it), and on each seed's own curve (mean +- 95% t-interval "
+        "over the seeds that reach it).",
+    ]
+    differences = fig1_differences(runs)
+    if differences:
+        lines += [
+            "",
+            f"**Against {differences[0]['reference']}, paired by seed** (curve minus reference; mean +- "
+            "95% t-interval of the per-seed difference, in accuracy points)",
+            "",
+            "| curve | seed pairs | final test acc difference | best test acc difference | "
+            "interval excludes 0 |",
+            "|---|---|---|---|---|",
+        ]
+
+        def points(mean, half):
+            if mean is None:
+                return "-"
+            return f"{100 * mean:+.2f}" + (f" +- {100 * half:.2f}" if half is not None else "")
+
+        for row in differences:
+            excludes = row["interval_excludes_zero"]
+            lines.append(
+                f"| {row['curve']} | {row['pairs']} "
+                f"| {points(row['final_acc_diff_mean'], row['final_acc_diff_ci95'])} "
+                f"| {points(row['best_acc_diff_mean'], row['best_acc_diff_ci95'])} "
+                f"| {'-' if excludes is None else 'yes' if excludes else 'no'} |"
+            )
+        _write_csv(out_dir / f"{stem}_differences.csv", FIG1_DIFFERENCE_COLUMNS, differences)
+        report.written.append(out_dir / f"{stem}_differences.csv")
     md_path, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     md_path.write_text("\n".join(lines) + "\n")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIG1_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(csv_path, FIG1_COLUMNS, rows)
     report.written += [md_path, csv_path]
 
 
