@@ -5,8 +5,9 @@
 
 Each case is a fresh process, timed from start to exit, on whatever load the machine has (the load
 average is printed beside the table). Hydra's own errors and the value checks of bn_repro/config.py
-(check_values) come before torch is imported; the registry checks (norm, measurement options) and a
-run import it.
+(check_values), the registries' names and options among them (read from their source files,
+bn_repro/registry_index.py), come before torch is imported; errors that need the model built (on the
+meta device: a norm option that depends on a layer's width) and a run import it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ CASES = [
     ("--help", ["--help"]),
     ("--cfg job", ["--cfg", "job"]),
     ("registry: norm.kind=nope", ["norm.kind=nope"]),
+    ("registry: norm=custom norm.backward=paper", ["norm=custom", "norm.backward=paper"]),
+    ("registry: +measure.landscape.stepsize=2", ["+measure.landscape.stepsize=2"]),
+    ("model on meta: norm=groupnorm norm.groups=3", ["norm=groupnorm", "norm.groups=3"]),
     ("one training step (synthetic data)", ["trainer.max_steps=1", "trainer.progress=false"]),
 ]
 
