@@ -194,3 +194,42 @@ def test_a_batched_multirun_runs_lone_jobs_as_ordinary_jobs_in_group_processes(t
         summary = json.loads((tmp_path / str(job) / "summary.json").read_text())
         assert summary["status"] == "finished"
         assert ("batched" in summary) == (summary["config"]["norm"]["kind"] != "layernorm")
+
+
+def test_members_read_their_batches_from_one_normalised_copy_unless_augmented(tmp_path):
+    """The one-gather batch path gives each member exactly its next_batch; augmentation (a random
+    stream per member) keeps the per-member path, and a member still is its single run."""
+    import copy
+
+    import torch
+
+    from bn_repro.batched.group import _next_batches, _shared_inputs
+    from bn_repro.engine import setup
+    from bn_repro.engine.loop import Session
+
+    def sessions(extra):
+        with setup.shared_data():
+            return [
+                Session(
+                    resolve_config(compose_config([*STEPS, f"seed={s}", *extra])), tmp_path / f"{extra}{s}"
+                )
+                for s in range(3)
+            ]
+
+    members = sessions([])
+    inputs = _shared_inputs(members)
+    assert inputs is not None
+    twins = [copy.deepcopy(m.run.batches) for m in members]
+    for _ in range(5):
+        x, y = _next_batches(members, inputs)
+        for k, (member, twin) in enumerate(zip(members, twins, strict=True)):
+            idx = next(twin)
+            data = member.run.data
+            assert torch.equal(x[k], data.normalize(data.train_x[idx])) and torch.equal(
+                y[k], data.train_y[idx]
+            )
+    assert _shared_inputs(sessions(["data.augment=true"])) is None
+    overrides = [[*STEPS, "data.augment=true", f"seed={s}"] for s in (0, 1)]
+    train_group(_members(overrides, tmp_path / "augmented"), group=0)
+    train(compose_config(overrides[1]), tmp_path / "single_augmented")
+    _assert_member_is_single_run(tmp_path / "augmented/member1", tmp_path / "single_augmented")

@@ -140,20 +140,30 @@ def _due(session: Session, phase: str, step: int, last: bool) -> bool:
     return any(s.due(step, phase, last) for s in session.measurements)
 
 
-def _next_batches(members: Sequence[Session]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every member's next batch (Components.next_batch), stacked: (K, B, ...) inputs, (K, B) targets.
-
-    Members that share one data set (setup.shared_data) and need no augmentation, replica split or
-    memory-format change are read with one gather and one normalisation over all their indices, the
-    same elementwise operations as K calls of next_batch (a tenth of the per-step cost at K=10)."""
+def _shared_inputs(members: Sequence[Session]) -> torch.Tensor | None:
+    """The whole training set normalised once, when every member reads it as is: members that share
+    one data set (setup.shared_data) and need no augmentation, replica split or memory-format change.
+    A batch is then one gather from it: the same values as K calls of next_batch (normalising a
+    pixel is elementwise), at a fraction of the per-step cost."""
     runs = [m.run for m in members]
     first = runs[0]
     if all(
         r.data is first.data and r.augment is None and not r.replicas.active and not r.fast.channels_last
         for r in runs
     ):
+        return first.data.normalize(first.data.train_x)
+    return None
+
+
+def _next_batches(
+    members: Sequence[Session], inputs: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's next batch (Components.next_batch), stacked: (K, B, ...) inputs, (K, B) targets;
+    from `inputs` (_shared_inputs) where there are."""
+    runs = [m.run for m in members]
+    if inputs is not None:
         idx = torch.stack([next(r.batches) for r in runs])
-        return first.data.normalize(first.data.train_x[idx]), first.data.train_y[idx]
+        return inputs[idx], runs[0].data.train_y[idx]
     batches = [r.next_batch() for r in runs]
     return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
@@ -163,6 +173,7 @@ def _train_together(members: list[Session], start: int) -> None:
     trainer, name = members[0].config["trainer"], members[0].config["experiment_name"]
     max_steps, every = trainer["max_steps"], trainer["checkpoint_every"]
     batched = _Batched(members)
+    inputs = _shared_inputs(members)
     lrs = [m.run.optimizer.param_groups[0]["lr"] for m in members]
     progress = tqdm(
         total=max_steps, initial=start, desc=f"{name} x{len(members)}", unit="step", dynamic_ncols=True,
@@ -170,7 +181,7 @@ def _train_together(members: list[Session], start: int) -> None:
     )  # fmt: skip
     try:
         for step in range(start + 1, max_steps + 1):
-            x, y = _next_batches(members)
+            x, y = _next_batches(members, inputs)
             batches = list(zip(x, y, strict=True))  # member k's batch: views of row k
             if _due(members[0], "before_step", step, last=False):
                 batched.scatter()

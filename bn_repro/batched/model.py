@@ -6,7 +6,8 @@
     model.scatter(); optimizer.scatter()                      # back into each member's own model
 
 Every tensor of the batched model is its members' tensors stacked, under the member's own state_dict
-name: a linear weight (out, in) becomes (K, out, in) and runs as one batched matmul; a norm of C
+name: a linear weight (out, in) becomes (K, in, out), each member's transposed, and runs as one batched
+matmul; a norm of C
 channels becomes one norm of K*C channels over the members' activations laid side by side,
 (K, B, C) -> (B, K*C), so each member keeps its own batch statistics and running statistics. Member k
 is `tensor.view(K, *member_shape)[k]`. The loss is the sum of the members' mean losses, so each
@@ -29,21 +30,22 @@ from bn_repro.norms import NormFactory
 
 
 class BatchedLinear(nn.Module):
-    """K linear layers: (K, B, in) -> (K, B, out)."""
+    """K linear layers: (K, B, in) -> (K, B, out). The weight is held as (K, in, out), member k's weight
+    transposed: the batched matmul reads it as is, and its gradient comes out in that layout (held as
+    (K, out, in), autograd would copy every weight gradient into a contiguous tensor)."""
 
     def __init__(self, members: Sequence[nn.Linear]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in members]))
+        self.weight = nn.Parameter(torch.stack([m.weight.detach().t() for m in members]).contiguous())
         if members[0].bias is None:
             self.register_parameter("bias", None)
         else:
             self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in members]))
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight.transpose(1, 2)
         if self.bias is None:
-            return torch.bmm(x, weight)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, weight)
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
 class BatchedHidden(nn.Module):
@@ -81,6 +83,8 @@ class BatchedMLP(nn.Module):
         # (batched tensor, each member's tensor of the same name); views into it are member slices.
         self.pairs = [(mine[name], [t[name] for t in theirs]) for name in mine]
         self.names = list(mine)
+        # The tensors held as (K, in, out), their members' transposed (BatchedLinear weights).
+        self.transposed = {id(m.weight) for m in self.modules() if isinstance(m, BatchedLinear)}
         self.gather()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,10 +93,14 @@ class BatchedMLP(nn.Module):
             h = layer(h)
         return self.out(h)
 
-    def member_view(self, batched: Tensor, like: Tensor) -> Tensor:
-        """The (K, *member shape) view of `batched`; a tensor shared by all (a BN batch count) as is."""
+    def member_view(self, batched: Tensor, like: Tensor, layout_of: Tensor | None = None) -> Tensor:
+        """The (K, *member shape) view of `batched` (laid out as the batched tensor `layout_of`, by default
+        itself: a momentum buffer is laid out as its parameter); a tensor shared by all (a BN batch
+        count) as is."""
         if batched.dim() == 0:
             return batched
+        if id(batched if layout_of is None else layout_of) in self.transposed:
+            return batched.transpose(1, 2)
         return batched.view(self.k, *like.shape)
 
     @torch.no_grad()
@@ -182,15 +190,18 @@ class StackedSGD:
             elif any(b is None for b in found):
                 raise ValueError("some members have momentum buffers and some not: they are not at one step")
             else:
-                self.buffers[i] = torch.stack(found).view_as(self.params[i]).clone()
+                param = self.params[i]
+                buffer = torch.empty_like(param)
+                self.model.member_view(buffer, found[0], layout_of=param).copy_(torch.stack(found))
+                self.buffers[i] = buffer
 
     @torch.no_grad()
     def scatter(self) -> None:
         """The stacked momentum buffers -> each member's optimizer state (what its checkpoint saves)."""
-        for buf, members in zip(self.buffers, self.member_params, strict=True):
+        for buf, param, members in zip(self.buffers, self.params, self.member_params, strict=True):
             if buf is None:
                 continue
-            rows = buf.view(self.model.k, *members[0].shape)
+            rows = self.model.member_view(buf, members[0], layout_of=param)
             for opt, p, row in zip(self.optimizers, members, rows, strict=True):
                 opt.state[p]["momentum_buffer"] = row.clone()
 
