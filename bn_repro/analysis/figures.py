@@ -646,7 +646,7 @@ def write_fig1_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: 
         def points(mean, half):
             if mean is None:
                 return "-"
-            return f"{100 * mean:+.2f}" + (f" +- {100 * half:.2f}" if half is not None else "")
+            return f"{100 * mean:+.3f}" + (f" +- {100 * half:.3f}" if half is not None else "")
 
         for row in differences:
             excludes = row["interval_excludes_zero"]

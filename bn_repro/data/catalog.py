@@ -23,6 +23,7 @@ def dataset_shape(name: str, synthetic: dict | None = None) -> tuple[tuple[int, 
         raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
     return (CIFAR_SHAPE if name == "cifar10" else (1, 28, 28)), 10
 
+
 # data.sampler: the batch order (bn_repro/data/batches.py). iid: a random permutation per epoch;
 # few_classes: each batch from data.classes_per_batch classes only (non-i.i.d. batches).
 SAMPLERS = ("iid", "few_classes")
