@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -39,3 +40,25 @@ def test_a_tiny_search_runs_and_its_table_reads_back(tmp_path):
     spec.loader.exec_module(table)
     _, rows = table.search_rows(sweep)
     assert len(rows) == 3 and rows[0]["final_test_acc"] == best["best_value"]
+
+
+def test_trials_asked_together_train_as_members_of_one_batched_model(tmp_path):
+    # n_jobs=3: Optuna asks three learning rates at a time; they differ only in optim.lr, so the batched
+    # launcher trains each batch of trials as one model and hands each member's final accuracy back.
+    sweep = tmp_path / "search"
+    result = subprocess.run(
+        [sys.executable, "-m", "bn_repro.train", "-m", "hparams_search=fig1_lr", "hydra.sweeper.n_trials=6",
+         "hydra.sweeper.n_jobs=3", "hydra/launcher=batched", "hydra.launcher.groups=1",
+         "data=synthetic", "data.synthetic.num_train=240", "data.synthetic.num_test=120",
+         "trainer.max_steps=8", "trainer.eval_every=4", "trainer.progress=false", "probe.num_examples=50",
+         "trainer.population_stats_batches=0", f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(6)]
+    assert [s["batched"]["members"] for s in summaries] == [3] * 6
+    lrs = [s["config"]["optim"]["lr"] for s in summaries]
+    assert len(set(lrs)) == 6
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(s["final_test_acc"] for s in summaries)
+    assert best["best_params"]["optim.lr"] in lrs
