@@ -1,5 +1,6 @@
 """Steps to a test-accuracy level over seeds (bn_repro/analysis/crossings.py, its script)."""
 
+import json
 import subprocess
 import sys
 
@@ -63,3 +64,20 @@ def test_the_script_prints_the_table_and_refuses_bad_levels(runs_root, tmp_path)
         [*script, str(tmp_path / "nope"), "--levels", "0.5"], capture_output=True, text=True
     )
     assert missing.returncode == 1 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_runs_that_differ_in_a_setting_are_separate_curves(tmp_path):
+    # Two learning rates of one norm are two curves, never one mean (as the figures split them).
+    for seed, lr in ((0, 0.01), (1, 0.1)):
+        run_dir = tmp_path / f"none_lr{lr}"
+        write_run(run_dir, "fig1_fashion_mnist", "none", seed, STEPS, CURVES[seed])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["config"]["optim"]["lr"] = lr
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    curves = load_curves([tmp_path])
+    assert sorted(curves) == [
+        "fig1_fashion_mnist, norm=none [optim.lr=0.01]",
+        "fig1_fashion_mnist, norm=none [optim.lr=0.1]",
+    ]
+    rows = {r["curve"]: r for r in crossing_rows(curves, [0.5])}
+    assert rows["fig1_fashion_mnist, norm=none [optim.lr=0.1]"]["per_seed"] == {1: 300}

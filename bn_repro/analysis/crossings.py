@@ -1,11 +1,11 @@
 """When does each seed's test accuracy first reach a level? (e.g. leave the plateau at chance)
 
-    rows = crossing_rows(load_runs(["results/fig1_10seeds_fashion_mnist/plain_sgd_300k"]), [0.2, 0.8])
+    rows = crossing_rows(load_curves(["results/fig1_10seeds_fashion_mnist/plain_sgd_300k"]), [0.2, 0.8])
 
-One row per curve (experiment_name and norm) and level: each finished seed's first evaluation step at
-or above the level (`speedup.steps_to_target`), their mean +- the 95% t-interval over the seeds that
-reach it, the range, and the same step on the seed-mean curve. Diverged and unfinished runs are left
-out and counted.
+One row per curve (experiment_name and norm, split further by any setting its runs differ in, as the
+figures split them) and level: each finished seed's first evaluation step at or above the level, their
+mean +- the 95% t-interval over the seeds that reach it, the range, and the same step on the seed-mean
+curve. Diverged and unfinished runs are left out and counted.
 """
 
 from __future__ import annotations
@@ -14,49 +14,36 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bn_repro.analysis.speedup import find_run_dirs, load_run, mean_curve, read_summary, steps_to_target
+from bn_repro.analysis.figures import RunData, load_all, split_curves
+from bn_repro.analysis.speedup import mean_curve, steps_to_target, steps_to_target_per_run
 from bn_repro.analysis.stats import t_interval
 
-COLUMNS = (
-    "curve", "level", "runs", "finished", "seeds_reaching", "steps_mean", "steps_ci95", "steps_min",
-    "steps_max", "mean_curve_steps", "per_seed",
-)  # fmt: skip
+
+def curve_label(run: RunData) -> str:
+    kind = run.norm_kind + (f" ({run.backward})" if run.norm_kind == "custom" else "")
+    return f"{run.experiment_name}, norm={kind}"
 
 
-def curve_label(summary: dict[str, Any]) -> str:
-    norm = summary.get("config", {}).get("norm", {})
-    kind = norm.get("kind", "?")
-    if kind == "custom":
-        kind += f" ({norm.get('backward')})"
-    return f"{summary['experiment_name']}, norm={kind}"
+def load_curves(paths: Iterable[str | Path]) -> dict[str, list[RunData]]:
+    """The runs under `paths` by curve (figures.NoRunsError, a FileNotFoundError, when there are none)."""
+    return split_curves(load_all(paths), curve_label)
 
 
-def load_curves(paths: Iterable[str | Path]) -> dict[str, list]:
-    """The runs under `paths`, by curve label, in the order first found."""
-    curves: dict[str, list] = {}
-    for run_dir in find_run_dirs(paths):
-        summary = read_summary(run_dir)
-        curves.setdefault(curve_label(summary), []).append(load_run(run_dir, summary))
-    if not curves:
-        raise FileNotFoundError(f"no run dirs under {', '.join(map(str, paths))}")
-    return curves
-
-
-def crossing_rows(curves: dict[str, list], levels: Sequence[float]) -> list[dict[str, Any]]:
+def crossing_rows(curves: dict[str, list[RunData]], levels: Sequence[float]) -> list[dict[str, Any]]:
     rows = []
     for label, runs in curves.items():
-        finished = sorted((r for r in runs if r.status == "finished"), key=lambda r: (r.seed is None, r.seed))
-        mean = mean_curve(finished)
+        finished = sorted((r for r in runs if not r.stopped_early), key=lambda r: (r.seed is None, r.seed))
+        mean = mean_curve([r.run for r in finished])
         for level in levels:
-            per_seed = {r.seed: steps_to_target(r.steps, r.test_acc, level) for r in finished}
-            reached = [s for s in per_seed.values() if s is not None]
+            per_run = steps_to_target_per_run([r.run for r in finished], level)
+            reached = [s for s in per_run if s is not None]
             steps_mean, half = t_interval(reached)
             rows.append({
                 "curve": label, "level": level, "runs": len(runs), "finished": len(finished),
                 "seeds_reaching": len(reached), "steps_mean": steps_mean, "steps_ci95": half,
                 "steps_min": min(reached, default=None), "steps_max": max(reached, default=None),
                 "mean_curve_steps": steps_to_target(mean.steps, mean.test_acc, level) if mean else None,
-                "per_seed": per_seed,
+                "per_seed": {r.seed: s for r, s in zip(finished, per_run, strict=True)},
             })  # fmt: skip
     return rows
 

@@ -522,10 +522,8 @@ def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         best = np.array([r.summary["best_test_acc"] for r in finished], dtype=float)
         curve = means[label]
         steps = speedup.steps_to_target(curve.steps, curve.test_acc, target) if curve and target else None
-        reached = [] if target is None else [
-            s for r in finished
-            if (s := speedup.steps_to_target(r.run.steps, r.run.test_acc, target)) is not None
-        ]  # fmt: skip
+        per_run = [] if target is None else speedup.steps_to_target_per_run([r.run for r in finished], target)
+        reached = [s for s in per_run if s is not None]
         seed_steps, seed_steps_ci = stats.t_interval(reached)
         rows.append({
             "curve": label,

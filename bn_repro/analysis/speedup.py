@@ -155,6 +155,11 @@ def steps_to_target(steps: Sequence[int], test_acc: Sequence[float], target: flo
     return None
 
 
+def steps_to_target_per_run(runs: Iterable[Run], target: float) -> list[int | None]:
+    """Each run's own first evaluation step at or above target (None where it never is), in order."""
+    return [steps_to_target(r.steps, r.test_acc, target) for r in runs]
+
+
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     """Each path that holds a summary.json, and every folder below the others that does."""
     found: set[Path] = set()
@@ -300,7 +305,7 @@ def fig3_table(
             speedup=baseline_steps / steps if steps and baseline_steps else None,
             max_acc=curve.max_acc,
             max_acc_step=curve.max_acc_step,
-            steps_to_target_per_seed=[steps_to_target(r.steps, r.test_acc, target) for r in curve.runs],
+            steps_to_target_per_seed=steps_to_target_per_run(curve.runs, target),
             best_acc_per_seed=[max(r.test_acc) for r in curve.runs],
         )
         reached = [s for s in row["steps_to_target_per_seed"] if s is not None]
