@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import bn_repro.resolvers  # noqa: F401  (the presets' ${bn.div:...} and ${bn.mul:...})
+from bn_repro.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd",)
@@ -20,8 +21,8 @@ SCHEDULES = ("constant", "exponential")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config value the app cannot run with (exit code 2)."""
 
 
 def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
