@@ -1,56 +1,34 @@
-"""The app's config: composing it (the one Hydra compose helper), resolving it, and the checks on the
-resolved values that fail at once, before any data is loaded, naming the valid choices.
+"""The app's config: composing it (the one Hydra compose helper), resolving it, and the checks on its
+values that fail at once, before any data is loaded, with one line naming the key:
+`<key>=<value>: <what is expected>` (bn_repro/errors.py prints it as `error: ...`, exit code 2).
 
-Hydra already rejects unknown config groups/options and unknown keys (the config is in struct mode);
-these checks cover the values inside the groups. Choices come from their owners: norms and
-measurements from their registries, datasets, models, precisions and loggers from their modules.
+    check_values(cfg)       # no torch: every key's type and range (bn_repro/schema.py), then combinations
+    check_components(cfg)   # torch: the registries' own checks, the model built on meta, the device
+
+The keys, their types and ranges are declared in bn_repro/schema.py (the fixed part) and by their owners
+(model options in bn_repro/models, norm and measurement options in their registries); what depends on
+several keys at once is checked here. bn_repro/cli.py runs check_values on every job of a command line
+before Hydra starts it; Hydra's own errors (unknown keys, presets, options) become one line there too.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import bn_repro.resolvers  # noqa: F401  (the presets' ${bn.div:...} and ${bn.mul:...})
 from bn_repro.errors import UserError
+from bn_repro.schema import bad_choice, first_problem, show
 
-DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("sgd",)
-SCHEDULES = ("constant", "exponential")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Training examples of the datasets with files (the generated one says its own: data.synthetic.num_train).
+TRAIN_EXAMPLES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
 
 
 class ConfigError(UserError, ValueError):
-    """A config value the app cannot run with (exit code 2)."""
-
-
-def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = cfg
-    for key in dotted.split("."):
-        value = value[key]
-    return value
-
-
-def _choice(cfg: Mapping[str, Any], dotted: str, choices) -> None:
-    value = _get(cfg, dotted)
-    if value not in choices:
-        raise ConfigError(f"{dotted}={value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
-
-
-def _positive(cfg: Mapping[str, Any], dotted: str, allow_zero: bool = False) -> None:
-    value = _get(cfg, dotted)
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{dotted}={value!r} is not valid; expected an integer >= {low}")
-
-
-def _flag(cfg: Mapping[str, Any], dotted: str, also: tuple[str, ...] = ()) -> None:
-    """true or false (YAML booleans, not 0/1), or one of the strings in `also`."""
-    value = _get(cfg, dotted)
-    if not isinstance(value, bool) and value not in also:
-        choices = ", ".join(("true", "false", *also))
-        raise ConfigError(f"{dotted}={value!r} is not valid; valid choices: {choices}")
+    """A config value the app cannot run with (exit code 2); the message is `<key>=<value>: <expected>`."""
 
 
 def compose(
@@ -80,21 +58,101 @@ def resolve_config(cfg) -> dict[str, Any]:
 
     from omegaconf import DictConfig, OmegaConf
 
-    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
+    if isinstance(cfg, DictConfig):
+        check_values(cfg)  # key by key: a value that does not resolve is named, the earlier keys first
+        config = OmegaConf.to_container(cfg, resolve=True)
+        check_components(config)
+        return config
+    config = copy.deepcopy(cfg)
     validate_config(config)
     return config
 
 
-def _registry_check(check) -> None:
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Every check: the values (no torch needed), then the registries and the model on meta."""
+    check_values(cfg)
+    check_components(cfg)
+
+
+def check_values(cfg: Mapping[str, Any]) -> None:
+    """The checks that need no torch, so that the app reports them within a second or two: every key's
+    type and range (bn_repro/schema.py; `cfg` may be a DictConfig, resolved key by key), then what
+    depends on several keys."""
+    problem = first_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+    if hasattr(cfg, "_get_node"):  # a DictConfig: every key resolves now
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    _check_combinations(cfg)
+
+
+def _replicas() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _check_combinations(cfg: Mapping[str, Any]) -> None:
+    """What no single key's spec can say: values that must agree with each other."""
+    from bn_repro.data.catalog import dataset_shape
+
+    data, optim, norm = cfg["data"], cfg["optim"], cfg["norm"]
+    batch = data["batch_size"]
+    train = data.get("synthetic", {}).get("num_train", 2000) if data["name"] == "synthetic" else (
+        TRAIN_EXAMPLES.get(data["name"]))  # fmt: skip
+    if train is not None and batch > train:
+        raise ConfigError(
+            f"data.batch_size={batch}: more than the {train} training examples of data.name={data['name']}; "
+            f"expected at most {train}"
+        )
+    if data.get("sampler") == "few_classes":
+        k = data.get("classes_per_batch")
+        if k is None:
+            raise ConfigError("data.classes_per_batch: missing; data.sampler=few_classes needs it")
+        _, num_classes = dataset_shape(data["name"], data.get("synthetic"))
+        if k > num_classes:
+            raise ConfigError(
+                f"data.classes_per_batch={k}: more than the {num_classes} classes of data.name={data['name']}"
+            )
+        if batch % k:
+            raise ConfigError(
+                f"data.batch_size={batch}: not a multiple of data.classes_per_batch={k} (data.sampler="
+                f"few_classes puts batch_size / classes_per_batch examples of each class in a batch)"
+            )
+    if optim["nesterov"] and not optim["momentum"] > 0:
+        raise ConfigError(
+            f"optim.nesterov=true: needs optim.momentum > 0 (it is {show(optim['momentum'])}); "
+            f"expected optim.nesterov=false or a momentum"
+        )
+    if norm.get("kind") == "ghost_bn":
+        size, share = norm.get("virtual_batch_size", 128), batch // _replicas()
+        if share % size:
+            raise ConfigError(
+                f"norm.virtual_batch_size={size}: does not divide the batch of {share} examples "
+                f"(data.batch_size={batch}"
+                + (f" over {_replicas()} processes" if _replicas() > 1 else "")
+                + "); expected a divisor of it"
+            )
+
+
+def _registry_check(check, where: str) -> None:
+    """Run a check of the registries or the model; their errors become ConfigErrors (one line)."""
     try:
         check()
-    except ValueError as error:  # the registries' own errors name the bad value and the choices
-        raise ConfigError(str(error)) from error
+    except ConfigError:
+        raise
+    except ValueError as error:  # the registries' and models' own errors name the bad value
+        message = " ".join(str(error).split())
+        raise ConfigError(message if "=" in message.partition(":")[0] else f"{where}: {message}") from error
 
 
 def _build_on_meta(cfg: Mapping[str, Any]) -> None:
     """Build the model on the meta device (no memory, no data): model options and norm options that
-    depend on the layer widths (e.g. norm.groups) fail here, before any data is loaded."""
+    depend on the layer widths (e.g. norm.groups) fail here, before any data is loaded, and so does a
+    model too large for this machine's memory."""
     import torch
 
     from bn_repro import norms
@@ -103,120 +161,55 @@ def _build_on_meta(cfg: Mapping[str, Any]) -> None:
 
     shape, classes = dataset_shape(cfg["data"]["name"], cfg["data"].get("synthetic"))
     with torch.device("meta"):
-        build_model(cfg["model"], norms.factory(cfg["norm"]), shape, classes)
-
-
-def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Every check: the values (no torch needed), then the registries' choices and the model on meta."""
-    check_values(cfg)
-    check_components(cfg)
-
-
-def check_values(cfg: Mapping[str, Any]) -> None:
-    """The checks that need no torch, so that the app reports them within a second or two."""
-    from bn_repro.data.catalog import DATASETS
-    from bn_repro.engine.fast_path import PRECISIONS
-    from bn_repro.models import MODELS
-    from bn_repro.models.activations import ACTIVATIONS
-    from bn_repro.records.tracking import LOGGERS, WANDB_MODES
-
-    _choice(cfg, "data.name", DATASETS)
-    _choice(cfg, "model.name", MODELS)
-    if "activation" in cfg["model"]:
-        _choice(cfg, "model.activation", ACTIVATIONS)
-    _choice(cfg, "optim.name", OPTIMIZERS)
-    _choice(cfg, "optim.schedule.name", SCHEDULES)
-    _choice(cfg, "trainer.device", DEVICES)
-    threads = _get(cfg, "trainer.threads")
-    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"trainer.threads={threads!r} is not valid; expected auto or an integer >= 1")
-    if "logger" in cfg:
-        _choice(cfg, "logger.name", LOGGERS)
-        if cfg["logger"]["name"] == "wandb":
-            _choice(cfg, "logger.mode", WANDB_MODES)  # its default comes from WANDB_MODE
-            _positive(cfg, "logger.init_timeout_s")
-    _choice(cfg, "trainer.precision", PRECISIONS)
-    _flag(cfg, "trainer.channels_last", also=("auto",))
-    _flag(cfg, "trainer.compile")
-    _flag(cfg, "data.augment")
-    _check_sampler(cfg)
-    for key in ("data.batch_size", "trainer.max_steps", "trainer.eval_every", "trainer.log_every",
-                "trainer.eval_batch_size", "probe.num_examples", "optim.schedule.decay_steps"):  # fmt: skip
-        _positive(cfg, key)
-    if cfg["trainer"].get("eval_examples") is not None:
-        _positive(cfg, "trainer.eval_examples")
-    _positive(cfg, "trainer.population_stats_batches", allow_zero=True)
-    _positive(cfg, "trainer.checkpoint_every", allow_zero=True)
-    if not cfg["optim"]["lr"] > 0:
-        raise ConfigError(f"optim.lr={cfg['optim']['lr']!r} is not valid; expected a number > 0")
-    _check_registered(cfg)
-
-
-def _check_registered(cfg: Mapping[str, Any]) -> None:
-    """norm.kind, the norm's options and the measurements' names and options, from the registries'
-    source files (bn_repro/registry_index.py) while the registries themselves (torch modules) are not
-    imported; once they are, check_components asks them."""
-    import sys
-
-    from bn_repro import registry_index as index
-
-    norm = cfg.get("norm")
-    if "bn_repro.norms" not in sys.modules and isinstance(norm, Mapping) and "kind" in norm:
-        entries = index.norm_index()
-        _choice(cfg, "norm.kind", tuple(entries))
-        entry = entries[norm["kind"]]
-        given = {k: v for k, v in norm.items() if k != "kind"}
-        problem = index.option_problem(
-            f"norm.kind={entry.name}", "norm", entry.options, entry.open, entry.choices, given
-        )
-        if problem:
-            raise ConfigError(problem)
-    if "bn_repro.measures" not in sys.modules:
-        measures = index.measure_index()
-        for name, given in (cfg.get("measure") or {}).items():
-            if name not in measures:
-                raise ConfigError(f"unknown measurement {name!r}; valid choices: {', '.join(measures)}")
-            given = given if isinstance(given, Mapping) else {}
-            problem = index.every_problem(name, given.get("every"))
-            entry = measures[name]
-            if problem is None and entry is not None:
-                problem = index.option_problem(
-                    f"measure.{name}", f"measure.{name}", entry.options, entry.open, None, given,
-                    extra=("every",),
-                )  # fmt: skip
-            if problem:
-                raise ConfigError(problem)
-
-
-def _check_sampler(cfg: Mapping[str, Any]) -> None:
-    from bn_repro.data.catalog import SAMPLERS, dataset_shape
-
-    data = cfg["data"]
-    if "sampler" not in data:  # configs written before data.sampler: the i.i.d. order
-        return
-    _choice(cfg, "data.sampler", SAMPLERS)
-    if data["sampler"] != "few_classes":
-        return
-    _positive(cfg, "data.classes_per_batch")
-    k, batch = data["classes_per_batch"], data["batch_size"]
-    _, num_classes = dataset_shape(data["name"], data.get("synthetic"))
-    if k > num_classes:
+        model = build_model(cfg["model"], norms.factory(cfg["norm"]), shape, classes)
+    parameters = sum(p.numel() for p in model.parameters())
+    # Weights, gradients, the momentum buffer and as much again for activations and copies: a floor.
+    need = parameters * 4 * 4
+    have = _memory_bytes(cfg["trainer"]["device"])
+    if have and need > have:
+        options = ", ".join(f"model.{k}={show(v)}" for k, v in cfg["model"].items() if k != "name")
         raise ConfigError(
-            f"data.classes_per_batch={k} is more than the {num_classes} classes of data={data['name']}"
-        )
-    if isinstance(batch, int) and batch % k:
-        raise ConfigError(
-            f"data.batch_size={batch} is not a multiple of data.classes_per_batch={k} (data.sampler="
-            f"few_classes puts batch_size / classes_per_batch examples of each class in a batch)"
+            f"model.name={cfg['model']['name']} ({options}): {parameters:,} parameters need at least "
+            f"{need / 2**30:.0f} GiB, more than the {have / 2**30:.0f} GiB of memory here; expected a "
+            f"smaller model"
         )
 
 
-def check_components(cfg: Mapping[str, Any]) -> None:
-    """The norm and measurement registries' checks and the model built on the meta device (these import
-    torch: the registries are its modules)."""
+def _memory_bytes(device: str) -> int | None:
+    """Memory of the device a run would use (None: unknown)."""
+    import torch
+
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_components(cfg: Mapping[str, Any], device: bool = True) -> None:
+    """The norm and measurement registries' checks, the model built on the meta device and (`device`)
+    the device (these import torch: the registries are its modules)."""
     from bn_repro import measures, norms
 
-    _choice(cfg, "norm.kind", norms.names())
-    _registry_check(lambda: norms.factory(cfg["norm"]))
-    _registry_check(lambda: measures.build(cfg.get("measure") or {}))
-    _registry_check(lambda: _build_on_meta(cfg))
+    kind = cfg["norm"].get("kind")
+    if kind not in norms.names():
+        raise ConfigError(bad_choice("norm.kind", kind, norms.names()))
+    _registry_check(lambda: norms.factory(cfg["norm"]), f"norm.kind={kind}")
+    _registry_check(lambda: measures.build(cfg.get("measure") or {}), "measure")
+    for name, entry in (cfg.get("measure") or {}).items():  # those switched off too: their own checks
+        options = {k: v for k, v in entry.items() if k != "every"}
+        _registry_check(lambda name=name, options=options: measures.get(name)(**options), f"measure.{name}")
+    _registry_check(lambda: _build_on_meta(cfg), f"model.name={cfg['model']['name']}")
+    if device:
+        _check_device(cfg["trainer"]["device"])
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.device='cuda': CUDA is not available here (torch.cuda.is_available() is false); "
+            "expected auto or cpu"
+        )

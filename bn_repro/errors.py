@@ -4,6 +4,9 @@
         raise ConfigError("optim.lr='abc': expected a number >= 0")
     # stderr: "error: optim.lr='abc': expected a number >= 0", exit code 2
 
+Config mistakes say `<key>=<value>: <what is expected>` (bn_repro/schema.py, bn_repro/config.py); those
+on the command line are caught before Hydra starts a job (bn_repro/cli.py).
+
 HYDRA_FULL_ERROR=1 lets the exception through, with its traceback, as Hydra does for its own errors.
 """
 

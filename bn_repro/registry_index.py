@@ -1,13 +1,16 @@
 """The norm and measurement registries as their source files declare them, read without importing them.
 
     index = norm_index()            # {"custom": Entry(options={"eps": 1e-05, ...}, choices=...), ...}
-    problem = option_problem("norm.kind=custom", "norm", index["custom"].options, False, {}, options)
+    problem = option_problem("norm", "norm.kind=custom", index["custom"], {"eps": 0})
+    # "norm.eps=0: expected a number > 0"
 
 The registries (bn_repro/norms/registry.py, bn_repro/measures/base.py) are torch modules: importing
 them costs seconds, so a typo in `norm.kind` or a measurement option used to wait for torch. Their
-entries are plain decorated definitions (`@register_norm("name", choices=...)` on a builder whose
-keyword-only parameters are its options; `@register_measurement("name")` on a class whose `__init__`
-keywords are its options), so `ast` reads the same facts from the files in a few milliseconds.
+entries are plain decorated definitions (`@register_norm("name", specs=..., choices=...)` on a builder
+whose keyword-only parameters are its options; `@register_measurement("name", specs=...)` on a class
+whose `__init__` keywords are its options), so `ast` reads the same facts from the files in a few
+milliseconds: each option, its default, and what it takes (its spec, bn_repro/schema.py; else its
+choices; else its annotation).
 config.check_values uses this index before torch; once the real registry is imported (it is the
 authority, and code may register entries of its own), the index steps aside. A test holds the index
 equal to the real registries, entry by entry.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,48 +42,109 @@ class Entry:
     options: its options and their defaults (REQUIRED where there is none; None where the default is
     not a literal). open: it takes **options (any further key is its own to check). choices: the valid
     values of options that take one of a few; None where the source's choices are not literals (then
-    only the real registry can check them)."""
+    only the real registry can check them). specs: what options take (bn_repro/schema.py syntax), as
+    the entry declares them (`specs=`). annotations: the options' annotations as source text; an option
+    without a spec or choices takes what its annotation says."""
 
     name: str
     options: dict[str, Any]
     open: bool = False
     choices: dict[str, tuple] | None = field(default_factory=dict)
+    specs: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str | None] = field(default_factory=dict)
+
+
+# measure.<name>.every
+EVERY = "int >= 0  # 0: off"
+
+_TYPES = {"int": "int", "float": "number", "bool": "bool", "str": "str", "None": "null"}
+_SEQUENCES = {"Sequence", "MutableSequence", "list", "List", "tuple", "Tuple", "Iterable"}
+
+
+def annotation_spec(annotation: str | None) -> str:
+    """The spec an annotation states ("float | None" -> "number | null", "Sequence[int]" -> "list of
+    int"); "any" where it states nothing these specs can say."""
+    if not annotation:
+        return "any"
+    try:
+        alts = _annotation_alts(ast.parse(annotation, mode="eval").body)
+    except SyntaxError:
+        return "any"
+    return " | ".join(dict.fromkeys(alts)) if alts else "any"
+
+
+def _annotation_alts(node: ast.expr) -> list[str] | None:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = _annotation_alts(node.left), _annotation_alts(node.right)
+        return None if left is None or right is None else left + right
+    if isinstance(node, ast.Constant) and node.value is None:
+        return ["null"]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a quoted annotation
+        return _annotation_alts(ast.parse(node.value, mode="eval").body)
+    name = _name(node)
+    if name in _TYPES:
+        return [_TYPES[name]]
+    if isinstance(node, ast.Subscript):
+        base, inner = _name(node.value), node.slice
+        items = list(inner.elts) if isinstance(inner, ast.Tuple) else [inner]
+        if base == "Optional":
+            alts = _annotation_alts(items[0])
+            return None if alts is None else [*alts, "null"]
+        if base == "Union":
+            parts = [_annotation_alts(item) for item in items]
+            return None if any(p is None for p in parts) else [a for p in parts for a in p]
+        if base in _SEQUENCES and items:
+            alts = _annotation_alts(items[0])
+            return [f"list of {alts[0]}"] if alts is not None and len(alts) == 1 else None
+    return None
+
+
+def _name(node: ast.expr) -> str:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+
+def option_specs(entry: Entry) -> dict[str, str]:
+    """option -> what it takes: the entry's spec, else its choices, else its annotation."""
+    out = {}
+    for option in entry.options:
+        if option in entry.specs:
+            out[option] = entry.specs[option]
+        elif entry.choices and option in entry.choices:
+            out[option] = " | ".join(map(str, entry.choices[option]))
+        else:
+            out[option] = annotation_spec(entry.annotations.get(option))
+    return out
+
+
+def required(entry: Entry) -> list[str]:
+    return [name for name, default in entry.options.items() if default is REQUIRED]
 
 
 def option_problem(
-    owner: str,
-    prefix: str,
-    options: Mapping[str, Any],
-    open_options: bool,
-    choices: Mapping[str, Iterable] | None,
-    given: Mapping[str, Any],
-    extra: tuple[str, ...] = (),
+    path: str, owner: str, entry: Entry, given: Mapping[str, Any], extra: Mapping[str, str] | None = None
 ) -> str | None:
-    """What is wrong with the options `given` to an entry (None: nothing): an unknown option, a
-    missing required one, a value outside its choices. `owner` names the entry in the message
-    ("norm.kind=custom", "measure.landscape"), `prefix` the config node of an option ("norm"), `extra`
-    the keys the config node holds besides the options (a measurement's `every`)."""
-    unknown = [] if open_options else sorted(set(given) - set(options) - set(extra))
-    if unknown:
-        valid = ", ".join([*extra, *options]) or "none"
-        return f"{owner} has no option {', '.join(map(repr, unknown))}; its options: {valid}"
-    missing = [name for name, default in options.items() if default is REQUIRED and name not in given]
-    if missing:
-        return f"{owner} needs the option(s) {', '.join(missing)}"
-    for option, valid in (choices or {}).items():
-        if option in given and given[option] not in tuple(valid):
-            return (
-                f"{prefix}.{option}={given[option]!r} is not valid for {owner}; "
-                f"valid choices: {', '.join(map(str, valid))}"
-            )
-    return None
+    """What is wrong with the options `given` to an entry (None: nothing), as bn_repro/schema.py says
+    it: an unknown option, a missing required one, a value its spec refuses. `path` is the config node
+    of the options ("norm", "measure.landscape"), `owner` names the entry ("norm.kind=custom"), `extra`
+    the keys the node holds besides the options and their specs (a measurement's `every`)."""
+    from bn_repro.schema import options_problems
+
+    return next(options_problems(options_of(entry, owner, extra), given, path), None)
+
+
+def options_of(entry: Entry, owner: str, extra: Mapping[str, str] | None = None):
+    """The entry's options as bn_repro/schema.py checks them."""
+    from bn_repro.schema import Options
+
+    return Options(owner, option_specs(entry), frozenset(required(entry)), entry.open, extra)
 
 
 def every_problem(name: str, every: Any) -> str | None:
     """`measure.<name>.every` must be an integer >= 0 (0: off)."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-        return f"measure.{name}.every={every!r} is not valid; expected an integer >= 0 (0: off)"
-    return None
+    from bn_repro.schema import show, spec
+
+    problem = spec(EVERY).problem(every)
+    return None if problem is None else f"measure.{name}.every={show(every)}: {problem}"
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -108,9 +172,15 @@ def _literal(node: ast.expr, constants: Mapping[str, Any]) -> Any:
         raise _Unreadable(ast.dump(node)) from None
 
 
-def _constants(tree: ast.Module) -> dict[str, Any]:
+def _constants(tree: ast.Module, imported: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The module's literal constants; `imported`: those of another module, for the names this one
+    imports from it (`from bn_repro.norms.registry import EPS`)."""
     out: dict[str, Any] = {}
     for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and imported is not None:
+            for alias in node.names:
+                if alias.name in imported:
+                    out[alias.asname or alias.name] = imported[alias.name]
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
             node, ast.AnnAssign) and node.value is not None else []  # fmt: skip
         for target in targets:
@@ -122,9 +192,11 @@ def _constants(tree: ast.Module) -> dict[str, Any]:
     return out
 
 
-def _options(args: ast.arguments, names: list[ast.arg], defaults: list[ast.expr | None], constants) -> dict:
-    out = {}
+def _options(names: list[ast.arg], defaults: list[ast.expr | None], constants) -> tuple[dict, dict]:
+    """({option: default}, {option: annotation source}) of parameters."""
+    out, annotations = {}, {}
     for arg, default in zip(names, defaults, strict=True):
+        annotations[arg.arg] = None if arg.annotation is None else ast.unparse(arg.annotation)
         if default is None:
             out[arg.arg] = REQUIRED
         else:
@@ -132,7 +204,7 @@ def _options(args: ast.arguments, names: list[ast.arg], defaults: list[ast.expr 
                 out[arg.arg] = _literal(default, constants)
             except _Unreadable:
                 out[arg.arg] = None  # a default the config may leave out, its value not a literal
-    return out
+    return out, annotations
 
 
 def _decorator_name(call: ast.expr, decorator: str) -> ast.Call | None:
@@ -144,6 +216,14 @@ def _decorator_name(call: ast.expr, decorator: str) -> ast.Call | None:
     return None
 
 
+def _keyword(call: ast.Call, name: str, constants) -> Any:
+    """The literal value of the decorator's keyword `name` ({} when absent); _Unreadable otherwise."""
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return _literal(keyword.value, constants)
+    return {}
+
+
 def _modules(folder: Path, skip: frozenset[str]) -> list[ast.Module]:
     return [
         ast.parse(path.read_text(), filename=str(path))
@@ -152,8 +232,8 @@ def _modules(folder: Path, skip: frozenset[str]) -> list[ast.Module]:
     ]
 
 
-def _norms_in(tree: ast.Module) -> list[Entry]:
-    constants, out = _constants(tree), []
+def _norms_in(tree: ast.Module, registry_constants: Mapping[str, Any]) -> list[Entry]:
+    constants, out = _constants(tree, registry_constants), []
     for node in ast.walk(tree):
         if not isinstance(node, ast.FunctionDef):
             continue
@@ -162,15 +242,16 @@ def _norms_in(tree: ast.Module) -> list[Entry]:
             if call is None:
                 continue
             args = node.args
-            options = _options(args, args.kwonlyargs, list(args.kw_defaults), constants)
-            choices: dict[str, tuple] | None = {}
-            for keyword in call.keywords:
-                if keyword.arg == "choices":
-                    try:
-                        choices = {k: tuple(v) for k, v in dict(_literal(keyword.value, constants)).items()}
-                    except (_Unreadable, TypeError, ValueError):
-                        choices = None
-            out.append(Entry(call.args[0].value, options, args.kwarg is not None, choices))
+            options, annotations = _options(args.kwonlyargs, list(args.kw_defaults), constants)
+            choices: dict[str, tuple] | None
+            try:
+                choices = {k: tuple(v) for k, v in dict(_keyword(call, "choices", constants)).items()}
+            except (_Unreadable, TypeError, ValueError):
+                choices = None
+            specs = dict(_keyword(call, "specs", constants))  # a spec that is no literal: a bug, raise
+            out.append(
+                Entry(call.args[0].value, options, args.kwarg is not None, choices, specs, annotations)
+            )
     return out
 
 
@@ -180,12 +261,15 @@ def norm_index() -> dict[str, Entry]:
     # In the registry's order: registry.py (the `none` entry) first, then the entry modules by name, as
     # bn_repro/norms/__init__.py imports them.
     registry = ast.parse((PACKAGE / "norms" / "registry.py").read_text())
+    shared = _constants(registry)  # the specs the entries share (EPS, MOMENTUM)
     trees = [registry, *_modules(PACKAGE / "norms", NORM_INFRASTRUCTURE)]
-    return {entry.name: entry for tree in trees for entry in _norms_in(tree)}
+    return {entry.name: entry for tree in trees for entry in _norms_in(tree, shared)}
 
 
-def _class_options(cls: ast.ClassDef, classes: Mapping[str, ast.ClassDef], constants) -> tuple[dict, bool]:
-    """(options, takes **options) of the class's __init__, looked up through its bases."""
+def _class_options(
+    cls: ast.ClassDef, classes: Mapping[str, ast.ClassDef], constants
+) -> tuple[dict, dict, bool]:
+    """(options, annotations, takes **options) of the class's __init__, looked up through its bases."""
     for node in cls.body:
         if isinstance(node, ast.FunctionDef) and node.name == "__init__":
             args = node.args
@@ -193,13 +277,13 @@ def _class_options(cls: ast.ClassDef, classes: Mapping[str, ast.ClassDef], const
             defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(
                 args.defaults
             )
-            options = _options(args, positional[1:], defaults[1:], constants)  # without self
-            options.update(_options(args, args.kwonlyargs, list(args.kw_defaults), constants))
-            return options, args.kwarg is not None
+            options, annotations = _options(positional[1:], defaults[1:], constants)  # without self
+            more, more_annotations = _options(args.kwonlyargs, list(args.kw_defaults), constants)
+            return {**options, **more}, {**annotations, **more_annotations}, args.kwarg is not None
     for base in cls.bases:
         name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else ""
         if name == "Measurement":  # the base class defines no __init__: no options
-            return {}, False
+            return {}, {}, False
         if name in classes:
             return _class_options(classes[name], classes, constants)
     raise _Unreadable(cls.name)
@@ -221,12 +305,14 @@ def measure_index() -> dict[str, Entry | None]:
                 call = _decorator_name(decorator, "register_measurement")
                 if call is None:
                     continue
+                name = call.args[0].value
                 try:
-                    options, open_options = _class_options(node, classes, constants)
+                    options, annotations, open_options = _class_options(node, classes, constants)
                 except _Unreadable:
-                    out[call.args[0].value] = None
+                    out[name] = None
                     continue
-                out[call.args[0].value] = Entry(call.args[0].value, options, open_options)
+                specs = dict(_keyword(call, "specs", constants))
+                out[name] = Entry(name, options, open_options, {}, specs, annotations)
     return out
 
 

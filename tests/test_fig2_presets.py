@@ -146,7 +146,7 @@ def test_eval_examples_evaluates_on_the_first_test_images(tmp_path):
     for row in read_csv(tmp_path / "metrics.csv"):
         # 30 examples: every accuracy is a multiple of 1/30.
         assert abs(float(row["test_acc"]) * 30 - round(float(row["test_acc"]) * 30)) < 1e-9
-    with pytest.raises(Exception, match="trainer.eval_examples=0 is not valid"):
+    with pytest.raises(Exception, match="trainer.eval_examples=0: expected an integer >= 1"):
         from bn_repro.config import check_values, resolve_config
 
         check_values(resolve_config(compose_config([*SMOKE, "trainer.eval_examples=0"])))

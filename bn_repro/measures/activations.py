@@ -87,7 +87,10 @@ class ActivationProbe:
         return ProbeResult(rows=rows, layer_values=layer_values)
 
 
-@register_measurement("activations")
+@register_measurement(
+    "activations",
+    specs={"units": "non-empty list of int >= 0", "num_examples": "int >= 1", "mode": "eval | train"},
+)
 class Activations(Measurement):
     """ActivationProbe on the model's probe points (model.probe_points()), on the first `num_examples`
     test images, in eval mode (running statistics) or train mode (batch statistics of the probe set)."""

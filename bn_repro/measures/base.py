@@ -31,15 +31,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bn_repro.registry_index import REQUIRED, every_problem, option_problem
+from bn_repro.errors import UserError
+from bn_repro.registry_index import EVERY, REQUIRED, Entry, every_problem, option_problem
+from bn_repro.schema import show, spec, unknown_measurement
 
 # before_step: at step s, before its update (the parameters of step s - 1, the batch of step s).
 # after_step: after step s's update, with the batch it used; also at step 0 (no batch) and at the last step.
 PHASES = ("before_step", "after_step")
 
 
-class MeasureConfigError(ValueError):
-    """An unknown measurement, option or cadence."""
+class MeasureConfigError(UserError, ValueError):
+    """An unknown measurement, option or cadence (the app reports it as one line, exit code 2)."""
 
 
 @dataclass
@@ -140,7 +142,13 @@ def natural_order(text: str) -> list:
 _REGISTRY: dict[str, type[Measurement]] = {}
 
 
-def register_measurement(name: str) -> Callable[[type[Measurement]], type[Measurement]]:
+def register_measurement(
+    name: str, specs: Mapping[str, str] | None = None
+) -> Callable[[type[Measurement]], type[Measurement]]:
+    """Register a Measurement subclass as measure.<name>. `specs`: what its options take (bn_repro/
+    schema.py, e.g. {"num_examples": "int >= 2"}), literals so that bn_repro/registry_index.py reads them
+    before torch; an option without one takes what its annotation says."""
+
     def decorate(cls: type[Measurement]) -> type[Measurement]:
         if not (isinstance(cls, type) and issubclass(cls, Measurement)):
             raise TypeError(f"{cls!r} is not a Measurement subclass")
@@ -152,7 +160,12 @@ def register_measurement(name: str) -> Callable[[type[Measurement]], type[Measur
             raise ValueError(
                 f"{cls.__name__}.columns must be non-empty and must not hold `step` (it comes first)"
             )
+        for option, text in (specs or {}).items():
+            if option not in options_of(cls):
+                raise TypeError(f"{cls.__name__}: specs names {option!r}, not one of its options")
+            spec(text)  # raises ValueError for a spec that does not parse
         cls.name = name
+        cls.option_specs = dict(specs or {})
         _REGISTRY[name] = cls
         return cls
 
@@ -165,7 +178,7 @@ def names() -> tuple[str, ...]:
 
 def get(name: str) -> type[Measurement]:
     if name not in _REGISTRY:
-        raise MeasureConfigError(f"unknown measurement {name!r}; valid choices: {', '.join(_REGISTRY)}")
+        raise MeasureConfigError(unknown_measurement(name, {}, tuple(_REGISTRY)))
     return _REGISTRY[name]
 
 
@@ -179,22 +192,42 @@ def _takes_any_option(cls: type[Measurement]) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
 
 
+def declared(name: str) -> Entry:
+    """The measurement as bn_repro/registry_index.py reads it from the source (what the checks use)."""
+    cls = get(name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    params = [p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return Entry(
+        name,
+        {p.name: REQUIRED if p.default is p.empty else p.default for p in params},
+        cls.__init__ is not object.__init__ and _takes_any_option(cls),
+        {},
+        dict(getattr(cls, "option_specs", {})),
+        {p.name: _annotation(p.annotation) for p in params},
+    )
+
+
+def _annotation(annotation: Any) -> str | None:
+    if annotation is inspect.Parameter.empty:
+        return None
+    return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+
+
 def check_config(measure_cfg: Mapping[str, Any]) -> None:
-    """Every `measure.<name>` entry: a registered name, `every` an integer >= 0, known options."""
+    """Every `measure.<name>` entry: a registered name, `every` an integer >= 0, known options, each
+    option's value (its spec or annotation, bn_repro/schema.py)."""
     for name, entry in (measure_cfg or {}).items():
-        cls = get(name)
-        every = entry.get("every") if isinstance(entry, Mapping) else None
-        problem = every_problem(name, every) or option_problem(
-            f"measure.{name}", f"measure.{name}", _declared_options(cls),
-            cls.__init__ is not object.__init__ and _takes_any_option(cls), None, entry, extra=("every",),
-        )  # fmt: skip
+        if name not in _REGISTRY:
+            raise MeasureConfigError(unknown_measurement(name, entry, tuple(_REGISTRY)))
+        if not isinstance(entry, Mapping):
+            raise MeasureConfigError(
+                f"measure.{name}={show(entry)}: expected a mapping (e.g. measure.{name}.every=100)"
+            )
+        problem = every_problem(name, entry.get("every")) or option_problem(
+            f"measure.{name}", f"measure.{name}", declared(name), entry, extra={"every": EVERY}
+        )
         if problem:
             raise MeasureConfigError(problem)
-
-
-def _declared_options(cls: type[Measurement]) -> dict[str, Any]:
-    return {name: REQUIRED if default is inspect.Parameter.empty else default
-            for name, default in options_of(cls).items()}  # fmt: skip
 
 
 @dataclass

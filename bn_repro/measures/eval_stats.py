@@ -27,7 +27,11 @@ from bn_repro.measures.base import MeasureContext, Measurement, register_measure
 from bn_repro.norms import batch_norm_layers, recompute_population_statistics
 
 
-@register_measurement("eval_stats")
+@register_measurement(
+    "eval_stats",
+    specs={"num_examples": "non-empty list of int >= 2", "eval_batch_size": "int >= 1", "seed": "int",
+           "batch_size": "int >= 2 | null  # null: data.batch_size"},
+)  # fmt: skip
 class EvalStats(Measurement):
     columns = ("stats", "n", "test_loss", "test_acc")
     index = ("stats", "n")

@@ -51,7 +51,11 @@ def shift_statistics(before: Tensor, after: Tensor) -> tuple[Tensor, Tensor, Ten
     return mean_shift, std_ratio, wasserstein
 
 
-@register_measurement("ics_distribution")
+@register_measurement(
+    "ics_distribution",
+    specs={"units": "non-empty list of int >= 0 | null  # null: every unit", "num_examples": "int >= 2",
+           "mode": "train | eval"},
+)  # fmt: skip
 class ICSDistribution(Measurement):
     """Per probed unit, the change of its input distribution since the previous measurement."""
 

@@ -66,7 +66,7 @@ def along_gradient(
     return result
 
 
-@register_measurement("landscape")
+@register_measurement("landscape", specs={"step_sizes": "non-empty list of number > 0", "relative": "bool"})
 class Landscape(Measurement):
     """Loss variation, gradient predictiveness and effective beta-smoothness along the gradient."""
 

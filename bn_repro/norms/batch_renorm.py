@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bn_repro.norms.registry import NormConfigError, register_norm
+from bn_repro.norms.registry import EPS, MOMENTUM, NormConfigError, register_norm
 
 __all__ = ["BatchRenorm", "batch_renorm"]
 
@@ -35,7 +35,7 @@ def _check(name: str, value, low: float, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value < low:
         expected = f"an integer >= {low}" if integer else f"a number >= {low}"
-        raise NormConfigError(f"norm.{name}={value!r} is not valid; expected {expected}")
+        raise NormConfigError(f"norm.{name}={value!r}: expected {expected}")
 
 
 class BatchRenorm(_BatchNorm):
@@ -60,7 +60,8 @@ class BatchRenorm(_BatchNorm):
         for name, value in (("r_max_at", r_max_at), ("d_max_at", d_max_at)):
             if value < start_steps:
                 raise NormConfigError(
-                    f"norm.{name}={value} is before norm.start_steps={start_steps}; the bounds relax after it"
+                    f"norm.{name}={value}: is before norm.start_steps={start_steps}; expected a step >= it "
+                    f"(the bounds relax after it)"
                 )
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.r_max, self.d_max = float(r_max), float(d_max)
@@ -117,7 +118,11 @@ def _refuse_under_ddp(layer, device):
     )
 
 
-@register_norm("batch_renorm", label="Batch Renorm", synchronizes=_refuse_under_ddp, population_stats=True)
+@register_norm(
+    "batch_renorm", label="Batch Renorm", synchronizes=_refuse_under_ddp, population_stats=True,
+    specs={"r_max": "number >= 1", "d_max": "number >= 0", "start_steps": "int >= 0", "r_max_at": "int >= 0",
+           "d_max_at": "int >= 0", "eps": EPS, "momentum": MOMENTUM},
+)  # fmt: skip
 def batch_renorm(
     num_features: int,
     dim: int,

@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import nn
 
-from bn_repro.norms.registry import register_norm
+from bn_repro.norms.registry import EPS, MOMENTUM, register_norm
 
 _TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 
@@ -24,7 +24,10 @@ def to_sync_batchnorm(layer: nn.Module, device: torch.device) -> nn.Module:
     return layer
 
 
-@register_norm("builtin", label="BN (builtin)", synchronizes=to_sync_batchnorm, population_stats=True)
+@register_norm(
+    "builtin", label="BN (builtin)", synchronizes=to_sync_batchnorm, population_stats=True,
+    specs={"eps": EPS, "momentum": MOMENTUM},
+)  # fmt: skip
 def builtin(num_features: int, dim: int, *, eps: float = 1e-5, momentum: float | None = 0.1) -> nn.Module:
     if dim not in _TORCH_BN:
         raise ValueError(f"norm=builtin takes 2-D to 5-D inputs, got dim={dim}")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bn_repro.norms.registry import NormConfigError, register_norm
+from bn_repro.norms.registry import EPS, MOMENTUM, NormConfigError, register_norm
 
 __all__ = ["GhostBatchNorm", "ghost_bn"]
 
@@ -30,9 +30,7 @@ class GhostBatchNorm(_BatchNorm):
             or not isinstance(virtual_batch_size, int)
             or virtual_batch_size < 1
         ):
-            raise NormConfigError(
-                f"norm.virtual_batch_size={virtual_batch_size!r} is not valid; expected an integer >= 1"
-            )
+            raise NormConfigError(f"norm.virtual_batch_size={virtual_batch_size!r}: expected an integer >= 1")
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.virtual_batch_size = virtual_batch_size
 
@@ -60,6 +58,7 @@ class GhostBatchNorm(_BatchNorm):
 # normalises its own virtual batches; nothing is all-reduced).
 @register_norm(
     "ghost_bn", label="Ghost BN ({virtual_batch_size})", synchronizes=False, population_stats=True,
+    specs={"virtual_batch_size": "int >= 1", "eps": EPS, "momentum": MOMENTUM},
 )  # fmt: skip
 def ghost_bn(
     num_features: int,

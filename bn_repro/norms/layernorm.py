@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from bn_repro.norms.registry import register_norm
+from bn_repro.norms.registry import EPS, register_norm
 
 
-@register_norm("layernorm", label="LayerNorm", synchronizes=False, population_stats=False)
+@register_norm("layernorm", label="LayerNorm", synchronizes=False, population_stats=False, specs={"eps": EPS})
 def layernorm(num_features: int, dim: int, *, eps: float = 1e-5) -> nn.Module:
     if dim == 2:
         return nn.LayerNorm(num_features, eps=float(eps))

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from bn_repro.norms.batchnorm import BatchNorm
-from bn_repro.norms.registry import register_norm
+from bn_repro.norms.registry import EPS, MOMENTUM, register_norm
 
 __all__ = ["NoisyBatchNorm", "noisy_bn"]
 
@@ -78,13 +78,13 @@ class NoisyBatchNorm(BatchNorm):
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum)
         if not shift >= 0:
-            raise ValueError(f"norm.shift={shift!r} is not valid; expected a number >= 0")
+            raise ValueError(f"norm.shift={shift!r}: expected a number >= 0")
         if not scale >= 1:
-            raise ValueError(f"norm.scale={scale!r} is not valid; expected a number >= 1 (s ~ U(1, scale))")
+            raise ValueError(f"norm.scale={scale!r}: expected a number >= 1 (s ~ U(1, scale))")
         if isinstance(ramp_steps, bool) or not isinstance(ramp_steps, int) or ramp_steps < 0:
-            raise ValueError(f"norm.ramp_steps={ramp_steps!r} is not valid; expected an integer >= 0")
+            raise ValueError(f"norm.ramp_steps={ramp_steps!r}: expected an integer >= 0")
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"norm.seed={seed!r} is not valid; expected an integer")
+            raise ValueError(f"norm.seed={seed!r}: expected an integer")
         self.shift, self.scale, self.ramp_steps, self.seed = float(shift), float(scale), ramp_steps, seed
         self.register_buffer("noise_key", torch.tensor(_layer_key(), dtype=torch.long))
         self.register_buffer("noise_draws", torch.tensor(0, dtype=torch.long))
@@ -126,6 +126,9 @@ class NoisyBatchNorm(BatchNorm):
 # model from the same seed, so holds the same noise_key and noise_draws and draws the same (s, m).
 @register_norm(
     "noisy_bn", label="noisy BN", synchronizes=False, population_stats=True,
+    specs={"shift": "number >= 0", "scale": "number >= 1  # s ~ U(1, scale)",
+           "ramp_steps": "int >= 0  # 0: full size from the first step", "seed": "int", "eps": EPS,
+           "momentum": MOMENTUM},
 )  # fmt: skip
 def noisy_bn(
     num_features: int,

@@ -1,6 +1,7 @@
 """The norm registry: `norm.kind` names an entry; an entry builds the layer for one place in a model.
 
-    @register_norm("my_bn", label="BN (mine)", synchronizes=False, population_stats=True)
+    @register_norm("my_bn", label="BN (mine)", synchronizes=False, population_stats=True,
+                   specs={"eps": EPS, "momentum": MOMENTUM})
     def my_bn(num_features: int, dim: int, *, eps: float = 1e-5, momentum: float | None = 0.1) -> nn.Module:
         ...
 
@@ -23,7 +24,9 @@ from typing import Any
 
 from torch import nn
 
-from bn_repro.registry_index import REQUIRED, option_problem
+from bn_repro.errors import UserError
+from bn_repro.registry_index import REQUIRED, Entry, option_problem
+from bn_repro.schema import bad_choice, spec
 
 # A built layer remembers its entry under this attribute (not a buffer: not part of the state_dict).
 _KIND_ATTR = "_bn_repro_norm_kind"
@@ -32,8 +35,15 @@ _BUILDER_ARGS = ("num_features", "dim")
 Synchronizes = bool | Callable[[nn.Module, Any], nn.Module]
 
 
-class NormConfigError(ValueError):
-    """An unknown norm kind or option, or an option value the entry refuses."""
+# What the options most entries share take (bn_repro/schema.py spec syntax; bn_repro/registry_index.py
+# reads these names in the entries' `specs=` too).
+EPS = "number > 0"
+MOMENTUM = "number in [0, 1] | null  # null: a cumulative average"
+
+
+class NormConfigError(UserError, ValueError):
+    """An unknown norm kind or option, or an option value the entry refuses (the app reports it as one
+    line, `error: <key>=<value>: <what is expected>`, exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class NormSpec:
     population_stats: whether Algorithm 2 (recomputed population statistics) applies to the layers.
     identity: the `none` entry: the model keeps its layer biases, since no norm's shift replaces them.
     choices: the valid values of options that take one of a few, checked with the config.
+    specs: what options take (bn_repro/schema.py), checked with the config before torch is imported;
+      an option without a spec or choices takes what its annotation says (`float` a number, ...).
     """
 
     name: str
@@ -57,6 +69,7 @@ class NormSpec:
     population_stats: bool
     identity: bool = False
     choices: Mapping[str, tuple] = field(default_factory=dict)
+    specs: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -73,17 +86,32 @@ class NormSpec:
         return any(p.kind is inspect.Parameter.VAR_KEYWORD
                    for p in inspect.signature(self.builder).parameters.values())  # fmt: skip
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        declared = {name: REQUIRED if default is inspect.Parameter.empty else default
-                    for name, default in self.defaults.items()}  # fmt: skip
-        problem = option_problem(
-            f"norm.kind={self.name}", "norm", declared, self.open_options, self.choices, options
+    def declared(self) -> Entry:
+        """The entry as bn_repro/registry_index.py reads it from the source (what the checks use)."""
+        params = [p for p in inspect.signature(self.builder).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        return Entry(
+            self.name,
+            {p.name: REQUIRED if p.default is p.empty else p.default for p in params},
+            self.open_options,
+            dict(self.choices),
+            dict(self.specs),
+            {p.name: _annotation(p.annotation) for p in params},
         )
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        problem = option_problem("norm", f"norm.kind={self.name}", self.declared(), options)
         if problem:
             raise NormConfigError(problem)
 
     def format_label(self, options: Mapping[str, Any]) -> str:
         return self.label.format(**{**self.defaults, **options})
+
+
+def _annotation(annotation: Any) -> str | None:
+    """A parameter's annotation as source text (it is, under `from __future__ import annotations`)."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
 
 
 _REGISTRY: dict[str, NormSpec] = {}
@@ -97,10 +125,13 @@ def register_norm(
     population_stats: bool,
     identity: bool = False,
     choices: Mapping[str, tuple] | None = None,
+    specs: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `builder(num_features, dim, **options) -> nn.Module` as norm.kind=`name`.
 
     Options must be keyword-only parameters with defaults (they are the config keys besides `kind`).
+    `specs`: what options take, e.g. {"eps": EPS, "groups": "int >= 1"} (bn_repro/schema.py); literals or
+    this module's constants, so that bn_repro/registry_index.py reads them before torch.
     """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -110,8 +141,22 @@ def register_norm(
                       if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]  # fmt: skip
         if positional != list(_BUILDER_ARGS):
             raise TypeError(f"norm builder {builder.__name__} must take (num_features, dim, *, options...)")
+        options = [p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        for option, text in (specs or {}).items():
+            if option not in options:
+                raise TypeError(
+                    f"norm builder {builder.__name__}: specs names {option!r}, not one of its options"
+                )
+            spec(text)  # raises ValueError for a spec that does not parse
         _REGISTRY[name] = NormSpec(
-            name, builder, label, synchronizes, population_stats, identity, dict(choices or {})
+            name,
+            builder,
+            label,
+            synchronizes,
+            population_stats,
+            identity,
+            dict(choices or {}),
+            dict(specs or {}),
         )
         return builder
 
@@ -124,7 +169,7 @@ def names() -> tuple[str, ...]:
 
 def get(kind: str) -> NormSpec:
     if kind not in _REGISTRY:
-        raise NormConfigError(f"unknown norm.kind {kind!r}; valid choices: {', '.join(_REGISTRY)}")
+        raise NormConfigError(bad_choice("norm.kind", kind, tuple(_REGISTRY)))
     return _REGISTRY[kind]
 
 
@@ -152,7 +197,7 @@ def split_config(norm_cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """A `norm` config node -> (kind, options)."""
     options = dict(norm_cfg)
     if "kind" not in options:
-        raise NormConfigError(f"the norm config has no `kind`; valid choices: {', '.join(_REGISTRY)}")
+        raise NormConfigError(f"norm.kind: missing; valid choices: {', '.join(_REGISTRY)}")
     return options.pop("kind"), options
 
 
