@@ -205,13 +205,32 @@ def test_empty_batch(shape, options, impl, backward):
     assert_buffers_equal(ref, ours)
 
 
+EMPTY_CHANNELS_LAST_SHAPES = [(0, 5, 2, 3), (2, 5, 0, 3), (0, 5, 2, 3, 4), (2, 5, 0, 3, 4)]
+
+
 @variants
-def test_empty_channels_last_batch(impl, backward):
-    x = torch.empty(0, 5, 2, 2).contiguous(memory_format=torch.channels_last)
-    ours = BatchNorm(5, backward=backward, impl=impl)
-    y = ours(x)
-    assert y.shape == x.shape
-    assert ours.num_batches_tracked.item() == 1
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", EMPTY_CHANNELS_LAST_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_empty_channels_last_batch_keeps_the_memory_format_like_torch(shape, training, impl, backward):
+    """An empty channels_last (channels_last_3d) batch: torch's output and dl/dx keep the input's
+    memory format, and the input's strides; so do ours, with either backward and impl, also when the
+    backward is recorded for a second derivative. (An empty tensor counts as contiguous whatever its
+    strides, so the strides are what tell the layouts apart.)"""
+    memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    ref, ours = make_pair(shape, impl, backward, shape[1])
+    ref.train(training), ours.train(training)
+    x = torch.empty(shape).contiguous(memory_format=memory_format)
+    g = torch.empty(shape).contiguous(memory_format=memory_format)  # upstream gradient in y's layout
+    (y_ref, grads_ref), (y, grads) = step(ref, x, g), step(ours, x, g)
+    for ours_t, ref_t in ((y, y_ref), (grads[0], grads_ref[0])):
+        assert ref_t.is_contiguous(memory_format=memory_format) and ref_t.stride() == x.stride()
+        assert ours_t.shape == ref_t.shape and ours_t.stride() == ref_t.stride()
+    for a, b in zip(grads[1:], grads_ref[1:], strict=True):
+        assert torch.equal(a, b) and not a.any()  # no values: exactly zero gradients, as torch's
+    assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == int(training)
+    x = x.clone().requires_grad_()
+    (dx,) = torch.autograd.grad(ours(x), x, g.clone().requires_grad_(), create_graph=True)
+    assert dx.stride() == x.stride()
 
 
 # ---------------------------------------------------------------- higher-order and functional autograd

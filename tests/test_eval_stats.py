@@ -3,6 +3,7 @@ and test-batch statistics (Wu & Johnson 2021)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import SMOKE, compose_config
 
@@ -27,7 +28,7 @@ def test_rows_per_evaluation_and_ema_is_the_apps_evaluation(tmp_path):
     assert first == [("ema", 0), ("precise", 60), ("precise", 240), ("batch", 0)]
     metrics = {int(r["step"]): float(r["test_acc"]) for r in read_csv(tmp_path / "metrics.csv")}
     for row in rows:
-        if row["stats"] == "ema":
+        if row["stats"] == "ema":  # exact: the same weights and statistics through the same evaluation
             assert row["test_acc"] == metrics[row["step"]]
 
 
@@ -39,7 +40,7 @@ def test_it_never_changes_training(tmp_path):
         return [{k: v for k, v in r.items() if k not in ("wall_time_s", "steps_per_s")}
                 for r in read_csv(tmp_path / run / "metrics.csv")]  # fmt: skip
 
-    assert metrics("plain") == metrics("measured")
+    assert metrics("plain") == metrics("measured")  # bit-identical: the same kernels on the same values
 
 
 def test_without_batch_statistics_only_the_ema_row(tmp_path):
@@ -84,7 +85,11 @@ def test_precise_from_all_training_data_equals_a_direct_full_data_computation():
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
     loss, acc = evaluate(direct, data, 50)
-    assert precise["test_acc"] == acc
+    # The two compute the statistics with different float32 reductions (batch_statistics against
+    # torch.var_mean), which may differ in their last bits: the accuracy may then differ by an argmax at
+    # a near-tie, one test example. The loss hardly moves with the statistics (a 1e-3 change of every
+    # running_var moves it by 1e-8 relative), so it is held to assert_close's default for floats.
+    assert precise["test_acc"] == pytest.approx(acc, abs=1 / len(data.test_y))
     torch.testing.assert_close(precise["test_loss"], loss)
 
 

@@ -328,3 +328,30 @@ def test_the_no_bn_target_is_found_when_each_norm_has_its_own_setting(tmp_path):
     assert set(rows) == {"no BN [optim.lr=1.1]", "BN (builtin) [optim.lr=2.1]"}
     assert rows["no BN [optim.lr=1.1]"]["target_acc"] is not None
     assert rows["BN (builtin) [optim.lr=2.1]"]["speedup"] > 1
+
+
+def test_the_committed_tables_are_the_scripts_output_for_the_committed_runs(script, tmp_path, monkeypatch):
+    """results/figures/'s tables, regenerated from the result sets the script reads by default: the same
+    files, byte for byte (the figures themselves are not drawn here: matplotlib's output varies with its
+    version). After a change of a table's format, regenerate them: python scripts/make_figures.py."""
+    import bn_repro.analysis.figures as figures
+
+    for name in ("plot_fig1a", "plot_fig2"):
+        monkeypatch.setattr(figures, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(figures, "plot_fig1bc", lambda *args, **kwargs: True)
+    committed = REPO / "results/figures"
+    out = tmp_path / "figures"
+    assert script.main([*map(str, script.RESULT_SETS), "--out", str(out)]) == 0
+    tables = sorted(p.name for p in committed.iterdir() if p.suffix in (".csv", ".md"))
+    assert tables and set(tables) <= {p.name for p in out.iterdir()}
+    for name in tables:
+        if name == "summary.csv":  # run_dir is relative to the output folder: compare the dirs it names
+            rows = {}
+            for folder in (committed, out):
+                with open(folder / name, newline="") as f:
+                    rows[folder] = [
+                        {**r, "run_dir": (folder / r["run_dir"]).resolve()} for r in csv.DictReader(f)
+                    ]
+            assert rows[out] == rows[committed]
+        else:
+            assert (out / name).read_text() == (committed / name).read_text(), name

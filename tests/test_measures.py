@@ -94,6 +94,8 @@ def test_measurements_never_change_training(registered, tmp_path):
         return [{k: v for k, v in r.items() if k not in ("wall_time_s", "steps_per_s")}
                 for r in read_csv(tmp_path / run / "metrics.csv")]  # fmt: skip
 
+    # Exact: a measurement that leaves the model, optimizer and RNG alone leaves the same kernels on the
+    # same values, in the same process, so every logged float is bit-identical.
     assert metrics("measured") == metrics("augmented")
     assert metrics("plain") != metrics("augmented")  # the comparison can tell runs apart
     assert read_csv(tmp_path / "measured/activations.csv") == read_csv(tmp_path / "augmented/activations.csv")
@@ -155,7 +157,7 @@ def test_resume_keeps_measurement_rows_unduplicated(registered, tmp_path, monkey
     # Stopped at the evaluation at step 15, after the checkpoint at step 14.
     interrupted_at_evaluation(monkeypatch, compose_config(overrides), tmp_path / "parts", evaluation=4)
     train(compose_config(overrides), tmp_path / "parts")
-    for name in ("step_recorder.csv", "activations.csv"):
+    for name in ("step_recorder.csv", "activations.csv"):  # exact: a resume replays the same kernels
         assert read_csv(tmp_path / "parts" / name) == read_csv(tmp_path / "whole" / name), name
     summary = json.loads((tmp_path / "parts/summary.json").read_text())
     assert summary["resumed_from_step"] == 14

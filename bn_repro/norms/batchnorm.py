@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 
 from bn_repro.norms import fast_batchnorm as fast
-from bn_repro.norms.registry import register_norm
+from bn_repro.norms.registry import EPS, MOMENTUM, register_norm
 from bn_repro.norms.sync import global_count, sum_over_ranks
 
 __all__ = ["BACKWARDS", "IMPLS", "BatchNorm", "PaperBackward", "batch_statistics", "reference_train"]
@@ -186,6 +186,26 @@ def _has_tangent(t: Tensor | None) -> bool:
     return t is not None and forward_ad.unpack_dual(t).tangent is not None
 
 
+class _KeepStrides(torch.autograd.Function):
+    """The identity on an empty tensor, whose gradient takes the tensor's strides.
+
+    An empty tensor has no values, only a layout, and ops on empty tensors do not keep it: torch counts
+    every empty tensor as contiguous (adding two empty channels_last tensors gives a contiguous one) and
+    reshapes infer strides of their own for size-0 dims. torch's BatchNorm gives an empty batch's
+    output and dl/dx the input's strides (channels_last included); `BatchNorm._batch_forward` gets
+    the same from this, whichever backward and impl computes them.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.geometry = x.shape, x.stride()
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.as_strided(*ctx.geometry)
+
+
 def _fold_into(buffer: Tensor, stat: Tensor, factor: float) -> None:
     """buffer = (1 - factor) buffer + factor stat, evaluated in stat's (compute) dtype and stored in
     the buffer's own dtype (float16 running statistics are updated from float32 statistics)."""
@@ -217,7 +237,8 @@ class BatchNorm(nn.Module):
       (The reference impl computes in float64.)
     - a batch with no values (N = 0 or a spatial size 0) gives an empty output, zero gradients for
       weight and bias, and leaves the running statistics as they are; num_batches_tracked still
-      counts it, as torch's does.
+      counts it, as torch's does. The output and dl/dx keep the input's memory format (channels_last
+      and channels_last_3d included), as torch's do.
     - eps is checked at forward time: batch statistics need eps > 0 ("batch_norm eps must be
       positive during training"), running statistics eps >= 0; both ValueError.
     - forward-mode AD through eval mode refuses dual running statistics (RuntimeError).
@@ -373,6 +394,11 @@ class BatchNorm(nn.Module):
     def _batch_forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         # Synchronized statistics only in training: eval-mode batch statistics stay per process.
         group = self.process_group if self.training else None
+        # An empty batch: y and dl/dx get x's strides, i.e. its memory format, as torch's (_KeepStrides;
+        # in plain eager mode, where strides are what a caller sees).
+        empty = x.numel() == 0 and plain_eager()
+        if empty:
+            x = _KeepStrides.apply(x)
         train = _TRAIN[self.impl, self.backward]
         if self.impl == "fast":
             rows, channels_last = fast.channel_rows(x)
@@ -382,7 +408,7 @@ class BatchNorm(nn.Module):
             y, mean, var, count = train(x, weight, bias, self.eps, group)
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self._update_running_stats(mean.detach(), var.detach(), count)
-        return y
+        return y.as_strided(x.shape, x.stride()) if empty else y
 
     def _eval_forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
         if forward_ad._current_level >= 0 and (
@@ -421,7 +447,7 @@ class BatchNorm(nn.Module):
 
 @register_norm(
     "custom", label="BN (custom, {backward})", synchronizes=True, population_stats=True,
-    choices={"backward": BACKWARDS, "impl": IMPLS},
+    choices={"backward": BACKWARDS, "impl": IMPLS}, specs={"eps": EPS, "momentum": MOMENTUM},
 )  # fmt: skip
 def custom(
     num_features: int,
