@@ -169,11 +169,11 @@ def test_fashion_mnist_falls_back_to_the_system_folder(tmp_path, monkeypatch):
     system = tmp_path / "usr-share-datasets"
     arrays, _ = write_idx_set(system, gz=True)
     monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", {"fashion_mnist": (system,), "mnist": ()})
-    dataset = load_dataset("fashion_mnist", tmp_path / "empty-root", download=False)
+    dataset = load_dataset("fashion_mnist", tmp_path / "empty-root", download=False, search_system_dirs=True)
     assert_matches_idx(dataset, arrays)
     assert dataset.source == str(system)
     with pytest.raises(DatasetUnavailableError):
-        load_dataset("mnist", tmp_path / "empty-root", download=False)
+        load_dataset("mnist", tmp_path / "empty-root", download=False, search_system_dirs=True)
 
 
 @pytest.mark.parametrize(
@@ -481,7 +481,7 @@ def test_bad_batch_size(batch_size):
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
 def test_debian_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", REAL_SYSTEM_DATA_DIRS)
-    dataset = load_dataset("fashion_mnist", tmp_path, download=False)
+    dataset = load_dataset("fashion_mnist", tmp_path, download=False, search_system_dirs=True)
     assert dataset.source == str(DEBIAN_FASHION_MNIST)
     assert dataset.train_x.shape == (60000, 1, 28, 28) and dataset.test_x.shape == (10000, 1, 28, 28)
     assert dataset.num_classes == 10

@@ -6,7 +6,8 @@ batch order, and device-side augmentation.
     idx = next(batches)
     x, y = data.normalize(data.train_x[idx]), data.train_y[idx]
 
-Names are imported on first use (PEP 562), so `bn_repro.data.catalog` (names, shapes) loads without torch.
+Names are imported on first use (PEP 562), so `bn_repro.data.catalog` (names, shapes) and the errors
+(DataError: a data set that cannot be loaded, reported in one line) load without torch.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ _LAZY = {
     "CIFAR_DIR": "dataset",
     "CIFAR_TARBALL": "dataset",
     "IDX_FILES": "dataset",
-    "DatasetUnavailableError": "dataset",
     "DeviceDataset": "dataset",
     "load_dataset": "dataset",
-    "DatasetFormatError": "readers",
+    "DataError": "errors",
+    "DatasetFormatError": "errors",
+    "DatasetUnavailableError": "errors",
 }
 
 __all__ = ["DATASETS", "SAMPLERS", "dataset_shape", *_LAZY]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bn_repro.data.catalog import CIFAR_SHAPE, SYNTHETIC_DEFAULTS, SYNTHETIC_SHAPES
+from bn_repro.data.errors import DataError, DatasetFormatError, one_line
 
 # Prototype amplitude and pixel noise (uint8 units). Measured at 2000 train examples, batch 60, SGD: a
 # linear classifier is near 100% after ~100 steps, a 3x100 sigmoid MLP without BN after ~300-500. It is
@@ -29,13 +30,9 @@ _IDX_UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class DatasetFormatError(ValueError):
-    """A dataset file is there but does not hold what its format promises."""
-
-
 def read_idx(path: Path, ndim: int) -> tuple[np.ndarray, bytes]:
     """Parse an IDX file of unsigned bytes with `ndim` dimensions (raw or gzip): (array, the file's bytes)."""
-    file_bytes = path.read_bytes()
+    file_bytes = read_file(path)
     content = file_bytes
     if content[:2] == _GZIP_MAGIC:
         try:
@@ -66,6 +63,14 @@ def read_idx(path: Path, ndim: int) -> tuple[np.ndarray, bytes]:
         raise DatasetFormatError(f"{path}: IDX data is empty (dimensions {dims})")
     array = np.frombuffer(content, dtype=np.uint8, count=expected, offset=header_len).reshape(dims)
     return array, file_bytes
+
+
+def read_file(path: Path) -> bytes:
+    """The file's bytes; a file that cannot be read (permissions, I/O) is a DataError naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {one_line(err.strerror or err)}") from err
 
 
 def parse_cifar_batch(path: Path, file_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
