@@ -20,29 +20,37 @@ from bn_repro.train import train
 # batched matmuls sum in another order than nn.Linear's). Held to 30x that; accuracies may differ by
 # one example in a step (an argmax at a tie), i.e. 1/240 of the train window or 1/120 of the test set.
 LOSS_TOL = 1e-5
+# The member that finishes in test_nan_in_one_member_stops_that_member_only is a ReLU MLP initialised with
+# std 1.0: its losses reach 6e13 (train) and 8e15 (test) by step 20, and there the batched and single
+# runs' float32 rounding differences (one ulp, 6e-8, per op: another summation order) have been amplified
+# by 20 steps of training. Measured relative differences of its losses: up to 5.8e-6 with AVX512 kernels
+# and 1.1e-5 with ATen's portable ones (ATEN_CPU_CAPABILITY=default). Held to ~10x that, relative to the
+# loss; the O(1) losses of the other tests stay held to LOSS_TOL.
+UNSTABLE_LOSS_REL = 1e-4
 TIMING = ("wall_time_s", "steps_per_s")
 STEPS = [*SMOKE, "trainer.max_steps=40", "trainer.eval_every=10", "optim.lr=0.05"]
 NORMS = ["norm=none", "norm=builtin", "norm=custom", "norm=custom norm.backward=explicit"]
 
 
-def _assert_same_rows(batched, single, acc_tol):
+def _assert_same_rows(batched, single, acc_tol, loss_rel=0.0):
     assert [r["step"] for r in batched] == [r["step"] for r in single]
     for a, b in zip(batched, single, strict=True):
         for key in a:
             if key in TIMING:
                 continue
             if key.endswith("loss") or key in ("lr",):
-                assert float(a[key]) == pytest.approx(float(b[key]), abs=LOSS_TOL, nan_ok=True), (key, a, b)
+                expected = pytest.approx(float(b[key]), rel=loss_rel, abs=LOSS_TOL, nan_ok=True)
+                assert float(a[key]) == expected, (key, a, b)
             elif key.endswith("acc"):
                 assert float(a[key]) == pytest.approx(float(b[key]), abs=acc_tol, nan_ok=True), (key, a, b)
             else:
                 assert a[key] == b[key], (key, a, b)
 
 
-def _assert_member_is_single_run(member_dir, single_dir, acc_tol=1 / 120):
+def _assert_member_is_single_run(member_dir, single_dir, acc_tol=1 / 120, loss_rel=0.0):
     assert sorted(p.name for p in member_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir())
     _assert_same_rows(
-        read_csv(member_dir / "metrics.csv"), read_csv(single_dir / "metrics.csv"), acc_tol=acc_tol
+        read_csv(member_dir / "metrics.csv"), read_csv(single_dir / "metrics.csv"), acc_tol, loss_rel
     )
     acts, single_acts = read_csv(member_dir / "activations.csv"), read_csv(single_dir / "activations.csv")
     assert len(acts) == len(single_acts) and acts[0].keys() == single_acts[0].keys()
@@ -94,8 +102,10 @@ def test_a_fig1_member_is_its_single_run_over_500_steps(norm, tmp_path):
 
 
 def test_nan_in_one_member_stops_that_member_only(tmp_path):
+    # NaN alone stops a member here: the other member's loss (6e13, below) would otherwise count as a loss
+    # explosion (trainer.divergence_factor; tests/test_lifecycle.py holds that case for members).
     unstable = ["norm=none", "model.activation=relu", "model.init_std=1.0", "trainer.max_steps=60",
-                "trainer.eval_every=20"]  # fmt: skip
+                "trainer.eval_every=20", "trainer.divergence_factor=null"]  # fmt: skip
     overrides = [[*SMOKE, *unstable, "optim.lr=1e12"], [*SMOKE, *unstable, "optim.lr=0.01", "seed=1"]]
     diverged, finished = train_group(_members(overrides, tmp_path))
     assert diverged["status"] == "diverged" and diverged["diverged"] is True and diverged["steps"] < 60
@@ -107,7 +117,7 @@ def test_nan_in_one_member_stops_that_member_only(tmp_path):
         read_csv(tmp_path / "member0/metrics.csv")[-1]["step"]
         == read_csv(tmp_path / "single0/metrics.csv")[-1]["step"]
     )
-    _assert_member_is_single_run(tmp_path / "member1", tmp_path / "single1")
+    _assert_member_is_single_run(tmp_path / "member1", tmp_path / "single1", loss_rel=UNSTABLE_LOSS_REL)
 
 
 def test_resume_covers_every_member(tmp_path, monkeypatch):
@@ -133,6 +143,8 @@ def test_resume_covers_every_member(tmp_path, monkeypatch):
     for k, summary in enumerate(resumed):
         assert summary["resumed_from_step"] == 14 and summary["steps"] == 40
         whole, parts = tmp_path / f"whole/member{k}", tmp_path / f"parts/member{k}"
+        # Exact: the resumed group replays the same kernels on the same inputs and checkpointed state,
+        # in the same process, so every float is bit-identical to the uninterrupted run's.
         strip = [{c: v for c, v in r.items() if c not in TIMING} for r in read_csv(whole / "metrics.csv")]
         assert [
             {c: v for c, v in r.items() if c not in TIMING} for r in read_csv(parts / "metrics.csv")
@@ -222,6 +234,7 @@ def test_members_read_their_batches_from_one_normalised_copy_unless_augmented(tm
     twins = [copy.deepcopy(m.run.batches) for m in members]
     for _ in range(5):
         x, y = _next_batches(members, inputs)
+        # Exact: normalising is elementwise, the same kernel on the same pixels either way.
         for k, (member, twin) in enumerate(zip(members, twins, strict=True)):
             idx = next(twin)
             data = member.run.data

@@ -8,8 +8,9 @@ order and augmentation stream are those of the single run; every step draws each
 its own run. Before each evaluation, measurement or checkpoint the batched state is copied back into
 the members' own models, optimizers and windows, and the Session's own code evaluates, measures,
 checkpoints and writes the run files, so they are a single run's files (summary.json adds "batched").
-A member whose loss becomes NaN stops alone: it is evaluated and checkpointed as a single run that
-diverges, and the others go on as a smaller batched model.
+A member whose loss explodes (Session.explosion) stops alone: it is evaluated and checkpointed as a
+single run that diverges, and the others go on as a smaller batched model. A finished member is
+skipped (its run dir says so); a signal stops every member after the same step, each checkpointed.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from bn_repro import norms
 from bn_repro.batched.model import BatchedMLP, StackedSGD, batched_train_step
 from bn_repro.config import resolve_config
-from bn_repro.engine import setup
+from bn_repro.engine import interrupts, setup
 from bn_repro.engine.evaluate import population_stats_accuracy
 from bn_repro.engine.loop import Session
+from bn_repro.engine.progress import Progress
+from bn_repro.engine.run_dir import Claim, claim_run_dir
 from bn_repro.models.mlp import MLP
 from bn_repro.norms import batch_norm_layers
 
@@ -40,37 +42,58 @@ def train_group(
     group: int = 0,
     jobs: Sequence[int] | None = None,
     threads: int | None = None,
+    lock: bool = True,
 ) -> list[dict[str, Any]]:
     """Train `members` ((config, run dir) pairs whose configs differ only in seed and optim.lr) as one
     batched model; write each member's run files; return their summaries, in order.
 
-    `threads`: torch's intra-op threads for the group (None: the members' trainer.threads)."""
-    sessions: list[Session] = []
+    `threads`: torch's intra-op threads for the group (None: the members' trainer.threads). `lock`:
+    claim each run dir's lock here (False: the caller holds them, as the batched launcher does)."""
+    configs = [resolve_config(config) for config, _ in members]
+    claims: list[Claim] = []
+    results: dict[int, dict[str, Any]] = {}
+    sessions: dict[int, Session] = {}
     statuses: dict[int, str] = {}
     try:
-        with setup.shared_data():
-            for config, run_dir in members:
-                sessions.append(Session(resolve_config(config), Path(run_dir)))
-        if threads is not None:
-            torch.set_num_threads(threads)
-        jobs = list(jobs) if jobs is not None else list(range(len(sessions)))
-        for k, session in enumerate(sessions):
-            if not isinstance(session.run.model, MLP):
-                raise ValueError(f"batched members must be MLPs, got {type(session.run.model).__name__}")
-            session.facts["batched"] = {"group": group, "member": k, "members": len(sessions), "jobs": jobs}
-            session.facts["threads"] = torch.get_num_threads()
-            # One progress bar for the group (_fit), not one per member.
-            session.progress.close()
-            session.progress = tqdm(disable=True)
-        _fit(sessions, statuses)
+        for (_, run_dir), config in zip(members, configs, strict=True):
+            claims.append(claim_run_dir(Path(run_dir), config, lock=lock))
+        with interrupts.watch(), setup.shared_data():
+            for k, claim in enumerate(claims):
+                if claim.action == "finished":
+                    results[k] = {**claim.summary, "skipped": True}  # type: ignore[dict-item]
+                else:
+                    sessions[k] = Session(configs[k], claim.run_dir, claim)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            jobs = list(jobs) if jobs is not None else list(range(len(members)))
+            for k, session in sessions.items():
+                if not isinstance(session.run.model, MLP):
+                    raise ValueError(f"batched members must be MLPs, got {type(session.run.model).__name__}")
+                batched = {"group": group, "member": k, "members": len(members), "jobs": jobs}
+                session.facts["batched"] = batched
+                session.facts["threads"] = torch.get_num_threads()
+                # One progress bar for the group (_fit), not one per member.
+                session.progress.close()
+                session.progress = Progress(0, enabled=False)
+            order = sorted(sessions)
+            member_statuses: dict[int, str] = {}
+            try:
+                _fit([sessions[k] for k in order], member_statuses)
+            finally:
+                statuses = {order[i]: status for i, status in member_statuses.items()}
     finally:
-        for k, session in enumerate(sessions):
+        for k, session in sessions.items():
             session.close(statuses.get(k, "failed"))
-    return [session.summary(statuses[k]) for k, session in enumerate(sessions)]
+        for claim in claims:
+            claim.release()
+    results.update({k: session.summary(statuses[k]) for k, session in sessions.items()})
+    return [results[k] for k in range(len(members))]
 
 
 def _fit(sessions: list[Session], statuses: dict[int, str]) -> None:
     """Session.fit for every member, the training steps batched."""
+    if not sessions:
+        return
     max_steps = sessions[0].config["trainer"]["max_steps"]
     for session in sessions:
         session.loop_start = time.perf_counter() - session.state.wall_time_s
@@ -88,6 +111,12 @@ def _fit(sessions: list[Session], statuses: dict[int, str]) -> None:
 def _finish(session: Session) -> str:
     """The end of Session.fit: Algorithm 2's population statistics, and the status."""
     run, state, trainer = session.run, session.state, session.config["trainer"]
+    signum = interrupts.requested()
+    if not state.diverged and state.step < trainer["max_steps"] and signum is not None:
+        session.interrupted_by = signum
+        if state.checkpointed_step != state.step:
+            session.checkpoint(state.step)
+        return "interrupted"
     if trainer["population_stats_batches"] and batch_norm_layers(run.model) and not state.diverged:
         loss, acc = population_stats_accuracy(
             run.model, run.data, run.batches, trainer["population_stats_batches"], trainer["eval_batch_size"]
@@ -171,16 +200,18 @@ def _next_batches(
 def _train_together(members: list[Session], start: int) -> None:
     """Steps start+1 .. max_steps of `members` (all at step `start`) as one batched model."""
     trainer, name = members[0].config["trainer"], members[0].config["experiment_name"]
-    max_steps, every = trainer["max_steps"], trainer["checkpoint_every"]
+    max_steps = trainer["max_steps"]
+    checkpoints_on = bool(trainer["checkpoint_every"] or trainer.get("checkpoint_every_s"))
     batched = _Batched(members)
     inputs = _shared_inputs(members)
     lrs = [m.run.optimizer.param_groups[0]["lr"] for m in members]
-    progress = tqdm(
-        total=max_steps, initial=start, desc=f"{name} x{len(members)}", unit="step", dynamic_ncols=True,
-        disable=None if trainer["progress"] else True, leave=False,
-    )  # fmt: skip
+    # The group's progress; its test_acc is the members' mean.
+    progress = Progress(max_steps, start, f"{name} x{len(members)}", enabled=trainer["progress"])
     try:
         for step in range(start + 1, max_steps + 1):
+            if interrupts.requested() is not None:
+                batched.scatter()  # _finish checkpoints each member as it stands
+                break
             x, y = _next_batches(members, inputs)
             batches = list(zip(x, y, strict=True))  # member k's batch: views of row k
             if _due(members[0], "before_step", step, last=False):
@@ -202,9 +233,10 @@ def _train_together(members: list[Session], start: int) -> None:
             evaluate_now = last or step % trainer["eval_every"] == 0
             diverged: set[int] = set()
             if last or step % trainer["log_every"] == 0:
-                progress.update(step - progress.n)
-                diverged = {k for k, ok in enumerate(torch.isfinite(batched.window.loss).tolist()) if not ok}
-            checkpoint_now = bool(every) and (step % every == 0 or last or bool(diverged))
+                progress.update(step)
+                means = (batched.window.loss / batched.window.steps).tolist()
+                diverged = {k for k, mean in enumerate(means) if members[k].explosion(mean)}
+            checkpoint_now = members[0].checkpoint_due(step, last) or bool(diverged)
             for member in members:
                 member.state.step = step
             if not (evaluate_now or diverged or checkpoint_now or _due(members[0], "after_step", step, last)):
@@ -214,9 +246,12 @@ def _train_together(members: list[Session], start: int) -> None:
                 stop = k in diverged
                 member.state.diverged = member.state.diverged or stop
                 member.after_step(step, batches[k], evaluate_now or stop, last or stop)
-                if every and (step % every == 0 or last or stop):
+                if checkpoint_now and checkpoints_on:
                     member.checkpoint(step)
+            diverged |= {k for k, member in enumerate(members) if member.state.diverged}  # NaN test loss
             if evaluate_now:
+                accs = [m.state.final_test_acc for m in members if m.state.final_test_acc is not None]
+                progress.evaluated(step, None, sum(accs) / len(accs) if accs else None)
                 # Each window restarted at its own member's evaluation; the group's steps start now.
                 now = time.perf_counter()
                 for member in members:

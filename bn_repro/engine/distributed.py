@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bn_repro.engine import interrupts
+
 RUN_STAMP_ENV = "BN_REPRO_RUN_STAMP"
 
 
@@ -39,11 +41,17 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (read from the environment: before the process group exists), else True."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_replicas() -> Replicas:
     """Join the process group torchrun describes in the environment (once); a single process otherwise."""
     if not launched_by_torchrun():
         return Replicas()
     if not dist.is_initialized():
+        interrupts.die_with_parent()
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # gloo for CPU tensors and objects, nccl for CUDA tensors.
@@ -79,6 +87,13 @@ def sum_over_replicas(tensor: torch.Tensor, replicas: Replicas) -> torch.Tensor:
     if replicas.active:
         tensor = tensor.clone()
         dist.all_reduce(tensor)
+    return tensor
+
+
+def max_over_replicas(tensor: torch.Tensor, replicas: Replicas) -> torch.Tensor:
+    if replicas.active:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

@@ -3,9 +3,12 @@
     summary = train(cfg, run_dir)     # cfg: the app's Hydra config, or its resolved dict
 
 Each step draws a batch, runs the before-step measurements, takes `train_step`, then at evaluation
-steps evaluates and logs a metrics row, runs the after-step measurements, and checkpoints when due.
-A run dir holding a checkpoint (trainer.checkpoint_every > 0) is resumed from it. Under torchrun every
-rank calls this; rank 0 alone writes.
+steps evaluates and logs a metrics row, runs the after-step measurements, and checkpoints when due
+(every trainer.checkpoint_every_s seconds and/or checkpoint_every steps, and at the end). The run dir
+is claimed first (bn_repro/engine/run_dir.py: one writer, resumed from its checkpoint, skipped when
+finished). A signal (bn_repro/engine/interrupts.py) ends the run after its step with a checkpoint and
+status `interrupted`; a loss explosion ends it as `diverged`. Under torchrun every rank calls this;
+rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -17,73 +20,93 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from bn_repro import measures
 from bn_repro.config import resolve_config
-from bn_repro.engine import distributed, setup
-from bn_repro.engine.checkpoint import (
-    CHECKPOINT_FILE,
-    check_run_dir,
-    rng_states,
-    save_checkpoint,
-    set_rng_states,
-)
+from bn_repro.engine import distributed, interrupts, setup
+from bn_repro.engine.checkpoint import CHECKPOINT_FILE, rng_states, save_checkpoint, set_rng_states
 from bn_repro.engine.evaluate import evaluate, population_stats_accuracy
+from bn_repro.engine.progress import Progress
+from bn_repro.engine.run_dir import Claim, claim_run_dir
 from bn_repro.engine.state import RunState, Window
 from bn_repro.engine.step import loss_fn, train_step
 from bn_repro.norms import batch_norm_layers
 from bn_repro.records.run_files import SUMMARY_FILE, git_commit, write_json_atomic
-from bn_repro.records.run_log import RunLog, truncate_after
+from bn_repro.records.run_log import RunLog
 from bn_repro.records.tracking import open_tracker
 
 
-def train(cfg: DictConfig | dict, run_dir: Path) -> dict[str, Any]:
-    """Train per `cfg`, write the run files into `run_dir`, and return the summary."""
-    session = Session(resolve_config(cfg), Path(run_dir))
-    status = "failed"
+def train(cfg: DictConfig | dict, run_dir: Path, claim: Claim | None = None) -> dict[str, Any]:
+    """Train per `cfg`, write the run files into `run_dir`, and return the summary.
+
+    `claim`: the run dir as the caller already claimed it (bn_repro/engine/run_dir.py); None claims it
+    here for the call. A finished run is not trained again: its summary comes back, with skipped=True."""
+    config, run_dir = resolve_config(cfg), Path(run_dir)
+    owned = claim is None
+    if claim is None:
+        # Under torchrun rank 0 claims (locks, repairs); the others read the checkpoint once it has.
+        main = distributed.is_main_process()
+        claim = claim_run_dir(run_dir, config, lock=main, check_files=main)
     try:
-        status = session.fit()
+        if claim.action == "finished":
+            return {**claim.summary, "skipped": True}  # type: ignore[dict-item]
+        with interrupts.watch():
+            session = Session(config, run_dir, claim)
+            status = "failed"
+            try:
+                status = session.fit()
+            finally:
+                session.close(status)
+            return session.summary(status)
     finally:
-        session.close(status)
-    return session.summary(status)
+        if owned:
+            claim.release()
 
 
 class Session:
     """One run: its parts, its state, and where its rows go."""
 
-    def __init__(self, config: dict[str, Any], run_dir: Path):
+    def __init__(self, config: dict[str, Any], run_dir: Path, claim: Claim | None = None):
         started = time.perf_counter()
         self.config, self.run_dir = config, run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
         replicas = distributed.init_replicas()
         distributed.check_batch_split(config["data"]["batch_size"], replicas)
-        resume = check_run_dir(run_dir, config)
+        if replicas.is_main:
+            claim = claim or claim_run_dir(run_dir, config, lock=False)
+            claim.prepare()
         if replicas.active:
-            torch.distributed.barrier()  # every rank has looked at the run dir before rank 0 writes to it
+            torch.distributed.barrier()  # rank 0 has repaired the run dir before the others read it
+            if not replicas.is_main:
+                claim = claim_run_dir(run_dir, config, lock=False, check_files=False)
+        assert claim is not None
         self.run = run = setup.build(config, replicas)
         self.state = RunState(Window(run.device))
         self.measurements = measures.build(config["measure"])
-        if resume is not None:
-            self._restore(resume)
+        if claim.action == "resume":
+            self._restore(claim.checkpoint)  # type: ignore[arg-type]
         self.facts = self._facts()
         with measures.isolated(run.model, run.optimizer, run.device):
             for scheduled in self.measurements:
                 scheduled.measurement.setup(self._context(self.state.step, None))
         self.log = RunLog(run_dir, [s.measurement for s in self.measurements], enabled=replicas.is_main)
         # logger=wandb mirrors the run into one wandb run (rank 0 only); finished in close().
-        self.tracker = open_tracker(config, run_dir, enabled=replicas.is_main, resume=resume is not None)
+        self.tracker = open_tracker(
+            config, run_dir, enabled=replicas.is_main, resume=claim.action == "resume"
+        )
         self.facts["wandb"] = self.tracker.info()
         self.facts["setup_s"] = round(time.perf_counter() - started, 3)
         self.started = started
         # Wall time continues from the checkpoint, so a resumed run reports the time of both parts.
         self.loop_start = time.perf_counter() - self.state.wall_time_s
+        self.last_checkpoint = time.perf_counter()
         trainer = config["trainer"]
-        self.progress = tqdm(
-            total=trainer["max_steps"], initial=self.state.step, desc=config["experiment_name"], unit="step",
-            dynamic_ncols=True, disable=None if trainer["progress"] else True, leave=False,
+        # A bar on a terminal, else a log line every 5% (bn_repro/engine/progress.py); rank 0 only.
+        self.progress = Progress(
+            trainer["max_steps"], self.state.step, config["experiment_name"],
+            enabled=trainer["progress"] and replicas.is_main,
         )  # fmt: skip
         self._pending: list = []  # before-step measurements, logged with the step's other rows
+        self.interrupted_by: int | None = None
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -94,7 +117,7 @@ class Session:
             self.after_step(0, None, evaluate_now=True, last=False)
         run.net.train()
         for step in range(state.step + 1, max_steps + 1):
-            if state.diverged:
+            if state.diverged or self.stop_requested(step):
                 break
             batch = run.next_batch()
             self.measure("before_step", step, batch, last=False)
@@ -104,14 +127,17 @@ class Session:
             last = step == max_steps
             evaluate_now = last or step % trainer["eval_every"] == 0
             if last or step % trainer["log_every"] == 0:
-                self.progress.update(step - self.progress.n)
+                self.progress.update(step)
                 # Reading the loss back forces a device sync, so divergence is checked once a period.
-                if not math.isfinite(distributed.sum_over_replicas(state.window.loss, run.replicas).item()):
+                if self.exploded():
                     state.diverged = evaluate_now = last = True
             self.after_step(step, batch, evaluate_now, last)
-            every = trainer["checkpoint_every"]
-            if every and (step % every == 0 or last):
+            if self.checkpoint_due(step, last):
                 self.checkpoint(step)
+        if self.interrupted_by is not None:
+            if state.step != state.checkpointed_step:
+                self.checkpoint(state.step)
+            return "interrupted"
         if trainer["population_stats_batches"] and batch_norm_layers(run.model) and not state.diverged:
             loss, acc = population_stats_accuracy(
                 run.model,
@@ -122,6 +148,41 @@ class Session:
             )
             state.extra.update(final_test_acc_population_stats=acc, final_test_loss_population_stats=loss)
         return "diverged" if state.diverged else "finished"
+
+    def stop_requested(self, step: int) -> bool:
+        """A signal asked the run to stop (bn_repro/engine/interrupts.py). Replicas agree on it at their
+        divergence checks (every trainer.log_every steps), so all of them stop after the same step."""
+        signum = interrupts.requested()
+        if self.run.replicas.active:
+            if (step - 1) % self.config["trainer"]["log_every"]:
+                return False
+            flag = torch.tensor([0.0 if signum is None else float(signum)], device=self.run.device)
+            signum = int(distributed.max_over_replicas(flag, self.run.replicas).item()) or None
+        if signum is not None:
+            self.interrupted_by = signum
+        return signum is not None
+
+    def exploded(self) -> bool:
+        """The window's mean training loss is not finite, or above trainer.divergence_factor times the
+        test loss at step 0 (a loss explosion that trains at chance without ever reaching inf)."""
+        window, replicas = self.state.window, self.run.replicas
+        loss = distributed.sum_over_replicas(window.loss, replicas).item() / replicas.world_size
+        return self.explosion(loss / max(window.steps, 1))
+
+    def explosion(self, mean_loss: float) -> bool:
+        factor, reference = self.config["trainer"].get("divergence_factor"), self.state.reference_loss
+        return not math.isfinite(mean_loss) or bool(factor and reference and mean_loss > factor * reference)
+
+    def checkpoint_due(self, step: int, last: bool) -> bool:
+        trainer = self.config["trainer"]
+        every, every_s = trainer["checkpoint_every"], trainer.get("checkpoint_every_s", 0)
+        if not (every or every_s):
+            return False
+        return (
+            last
+            or bool(every and step % every == 0)
+            or bool(every_s and time.perf_counter() - self.last_checkpoint >= every_s)
+        )
 
     def after_step(self, step: int, batch, evaluate_now: bool, last: bool) -> None:
         """The evaluation (when due), then the after-step measurements; one tracker row for the step."""
@@ -160,7 +221,11 @@ class Session:
         }
         self.log.metrics(row)
         state.evaluated(test_acc, row["wall_time_s"])
-        self.progress.set_postfix(loss=f"{row['train_loss']:.4f}", test_acc=f"{test_acc:.4f}", refresh=False)
+        if step == 0 and math.isfinite(test_loss):
+            state.reference_loss = test_loss
+        if not math.isfinite(test_loss):
+            state.diverged = True  # a NaN in the test loss alone (e.g. BN's running statistics)
+        self.progress.evaluated(step, row["train_loss"], test_acc)  # step 0's NaN loss is left out
         window.reset()
         return row
 
@@ -179,16 +244,20 @@ class Session:
             self._pending.append((measurement, rows))
 
     def checkpoint(self, step: int) -> None:
+        self.state.checkpointed_step = step
+        self.last_checkpoint = time.perf_counter()
         if not self.run.replicas.is_main:
             return
         run = self.run
-        save_checkpoint(self.run_dir / CHECKPOINT_FILE, {
+        seconds = save_checkpoint(self.run_dir / CHECKPOINT_FILE, {
             "step": step, "config": self.config, "state": self.state.state_dict(),
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "batches": run.batches.state_dict(), "rng": rng_states(),
             "augment": run.augment.state_dict() if run.augment is not None else None,
-        })  # fmt: skip
+        }, self.log.record())  # fmt: skip
+        self.state.checkpointed(seconds)
+        self.last_checkpoint = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ edges
 
@@ -202,9 +271,7 @@ class Session:
         set_rng_states(checkpoint["rng"])
         if run.augment is not None:
             run.augment.load_state_dict(checkpoint["augment"])
-        # Rows written after the checkpoint are redone by this run: drop them, so none is duplicated.
-        if run.replicas.is_main:
-            truncate_after(self.run_dir, self.state.step)
+        self.state.checkpointed_step = self.state.step
 
     def _context(self, step: int, batch) -> measures.MeasureContext:
         run = self.run
@@ -248,9 +315,22 @@ class Session:
             write_json_atomic(self.run_dir / SUMMARY_FILE, self.summary(status))
 
     def close(self, status: str) -> None:
-        self.progress.close()
-        self.log.close()
+        """End the run's files and tracking. Each part runs even if one before it fails (a full disk),
+        and the first failure is the one raised."""
         self.facts["total_time_s"] = round(time.perf_counter() - self.started, 3)
-        self.write_summary(status)
-        self.tracker.log_summary(self.summary(status))
-        self.tracker.finish(exit_code=1 if status == "failed" else 0)
+        if self.interrupted_by is not None:
+            self.facts["interrupted_by"] = interrupts.name(self.interrupted_by)
+        failures: list[BaseException] = []
+        for part in (
+            self.progress.close,
+            self.log.close,
+            lambda: self.write_summary(status),
+            lambda: self.tracker.log_summary(self.summary(status)),
+            lambda: self.tracker.finish(exit_code=1 if status == "failed" else 0),
+        ):
+            try:
+                part()
+            except Exception as error:  # noqa: BLE001 - re-raised below, after the other parts ran
+                failures.append(error)
+        if failures and status != "failed":
+            raise failures[0]

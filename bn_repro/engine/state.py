@@ -56,21 +56,27 @@ class RunState:
     measure_time_s: dict[str, float] = field(default_factory=dict)
     measure_calls: dict[str, int] = field(default_factory=dict)
     diverged: bool = False
+    # The test loss at step 0: trainer.divergence_factor times it is a loss explosion.
+    reference_loss: float | None = None
+    checkpoints: int = 0  # written by this run, its earlier parts included
+    checkpoint_time_s: float = 0.0
     resumed_from_step: int | None = None
+    checkpointed_step: int | None = None  # the step of the last checkpoint written or resumed from
     extra: dict[str, Any] = field(default_factory=dict)  # end-of-run numbers (population statistics)
 
     _CHECKPOINTED: ClassVar[tuple[str, ...]] = (
         "step", "final_test_acc", "best_test_acc", "wall_time_s", "train_time_s", "diverged",
-        "measure_time_s", "measure_calls",
+        "measure_time_s", "measure_calls", "reference_loss", "checkpoints", "checkpoint_time_s",
     )  # fmt: skip
-    _ADDED_LATER: ClassVar[dict[str, Any]] = {
-        "measure_time_s": {},
-        "measure_calls": {},
-    }  # absent from older checkpoints
 
     def measured(self, name: str, seconds: float) -> None:
         self.measure_time_s[name] = self.measure_time_s.get(name, 0.0) + seconds
         self.measure_calls[name] = self.measure_calls.get(name, 0) + 1
+        self.window.started += seconds  # the window times training steps only
+
+    def checkpointed(self, seconds: float) -> None:
+        self.checkpoints += 1
+        self.checkpoint_time_s += seconds
         self.window.started += seconds  # the window times training steps only
 
     def evaluated(self, test_acc: float, wall_time_s: float) -> None:
@@ -83,7 +89,7 @@ class RunState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in self._CHECKPOINTED:
-            setattr(self, key, state[key] if key in state else self._ADDED_LATER[key])
+            setattr(self, key, state[key])
         self.window.load_state_dict(state["window"])
         self.resumed_from_step = state["step"]
 
@@ -101,6 +107,8 @@ class RunState:
             # train_steps_per_s only the time spent in training steps.
             "steps_per_s": steps_per_s,
             "diverged": self.diverged,
+            "checkpoints": self.checkpoints,
+            "checkpoint_time_s": round(self.checkpoint_time_s, 3),
         }
         if self.measure_time_s:
             numbers["measure_time_s"] = {k: round(v, 3) for k, v in self.measure_time_s.items()}

@@ -4,21 +4,27 @@
 - <measurement>.csv: one file per measurement on the seam (bn_repro/measures/), `step` first; e.g.
   activations.csv: one row per (measured step, probed layer, probed unit).
 - summary.json: final (or latest) numbers, provenance and the resolved config.
-- checkpoint.pt: with trainer.checkpoint_every > 0 (bn_repro/engine/checkpoint.py).
+- checkpoint.pt: every trainer.checkpoint_every_s seconds (and/or checkpoint_every steps), at the end and
+  when the run is interrupted (bn_repro/engine/checkpoint.py); .run.lock: held while a process writes.
 
 Rows are flushed as they are written and summary.json is replaced atomically, so a killed run leaves
-files that parse.
+files that parse; a checkpoint records the size and SHA-256 of each CSV, so a resume can tell the rows
+it vouches for from damage.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import io
 import json
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from bn_repro.errors import UserError
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
@@ -28,25 +34,78 @@ METRICS_COLUMNS = (
 )  # fmt: skip
 
 
+class RunFileError(UserError):
+    """A run file could not be written (disk full, quota, read-only or missing dir): the path and the
+    reason, and the promise the run files keep (nothing written before is damaged)."""
+
+    exit_code = 74  # sysexits' EX_IOERR
+
+    def __init__(self, path: Path, error: OSError):
+        reason = error.strerror or str(error)
+        super().__init__(
+            f"cannot write {path}: {reason}. The files written before are intact; free space (or fix the "
+            f"dir) and run the same command to resume from the last checkpoint"
+        )
+        self.path, self.errno = Path(path), error.errno
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Report an OSError while writing `path` as a RunFileError naming it."""
+    try:
+        yield
+    except RunFileError:
+        raise
+    except OSError as error:
+        raise RunFileError(path, error) from error
+
+
 class CsvLog:
-    """Append-only CSV with a fixed header; each row reaches the disk before `write` returns."""
+    """Append-only CSV with a fixed header; each row reaches the disk before `write` returns.
+
+    It keeps the byte count and SHA-256 of everything the file holds, so a checkpoint can record
+    exactly which bytes it vouches for (bn_repro/engine/run_dir.py checks them on resume)."""
 
     def __init__(self, path: Path, columns: Sequence[str]):
         self.path = Path(path)
         self.columns = tuple(columns)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
-        if new:
-            self._writer.writeheader()
+        self._digest = hashlib.sha256()
+        self._size = 0
+        with writing(self.path):
+            if self.path.exists():
+                with open(self.path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        self._digest.update(chunk)
+                        self._size += len(chunk)
+            self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        if self._size == 0:
+            self._append(self._encode([dict(zip(self.columns, self.columns, strict=True))]))
+
+    def _encode(self, rows: Sequence[dict]) -> bytes:
+        text = io.StringIO()
+        # Text as csv.DictWriter writes it to a file opened with newline="" (rows end in \r\n).
+        csv.DictWriter(text, fieldnames=self.columns, extrasaction="raise").writerows(rows)
+        return text.getvalue().encode("utf-8")
+
+    def _append(self, data: bytes) -> None:
+        with writing(self.path):
+            self._file.write(data)
             self._file.flush()
+        self._digest.update(data)
+        self._size += len(data)
 
     def write(self, rows: dict | Sequence[dict]) -> None:
-        self._writer.writerows([rows] if isinstance(rows, dict) else rows)
-        self._file.flush()
+        self._append(self._encode([rows] if isinstance(rows, dict) else rows))
+
+    def record(self) -> dict:
+        """What the file holds now, for a checkpoint: its size and SHA-256, on disk (fsync)."""
+        with writing(self.path):
+            os.fsync(self._file.fileno())
+        return {"bytes": self._size, "sha256": self._digest.hexdigest()}
 
     def close(self) -> None:
-        self._file.close()
+        with writing(self.path):
+            self._file.close()
 
 
 class NullLog:
@@ -66,13 +125,15 @@ def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            with open(tmp, mode, **open_kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

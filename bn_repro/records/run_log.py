@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from pathlib import Path
 
-from bn_repro.records.run_files import (
-    METRICS_COLUMNS,
-    METRICS_FILE,
-    CsvLog,
-    measurement_file,
-    truncate_rows_after,
-)
+from bn_repro.records.run_files import METRICS_COLUMNS, METRICS_FILE, CsvLog, measurement_file
 
 
 class RunLog:
@@ -35,17 +28,12 @@ class RunLog:
         if self._enabled:
             self._measured[name].write([{"step": step, **row} for row in rows])
 
+    def record(self) -> dict[str, dict]:
+        """Each file's size and SHA-256 (on disk), by file name: what a checkpoint vouches for."""
+        logs = [self._metrics, *self._measured.values()] if self._enabled else []
+        return {log.path.name: log.record() for log in logs}
+
     def close(self) -> None:
         for log in (self._metrics, *self._measured.values()):
             if log is not None:
                 log.close()
-
-
-def truncate_after(run_dir: Path, step: int) -> None:
-    """Drop the rows past `step` from every run CSV (metrics.csv and each measurement's file): a resumed
-    run redoes them, so none is duplicated."""
-    for path in sorted(Path(run_dir).glob("*.csv")):
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), None)
-        if header and header[0] == "step":
-            truncate_rows_after(path, step)

@@ -9,6 +9,11 @@ Each member is its job: the same job dir, .hydra/ files, job log and run files a
 launcher, and the same return value for sweepers. Jobs that cannot be batched (bn_repro.batched.
 unbatchable_reason: other models or norms, DDP, wandb, ...) or that have no job to share a model with
 run here as ordinary jobs, one after another, each with a one-line note saying why.
+
+This process claims every member's run dir (bn_repro/engine/run_dir.py: the lock, and the checks,
+before .hydra/ is written) and holds the locks while its group processes write; a finished member is
+skipped. A signal stops the groups after the same step, each member checkpointed, and the sweep exits
+128 + the signal with the command that resumes it.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules,
@@ -29,7 +34,6 @@ from hydra.core.utils import (
     JobReturn,
     JobRuntime,
     JobStatus,
-    _save_config,
     configure_log,
     filter_overrides,
     run_job,
@@ -99,6 +103,9 @@ class BatchedLauncher(Launcher):
             where = f"group {group_of[i]}" if i in group_of else f"ordinary job: {notes[i]}"
             log.info(f"\t#{job.num} : {' '.join(filter_overrides(job.overrides))} ({where})")
         self._run_groups(jobs, groups, workers)
+        from bn_repro.job import stop_sweep
+
+        stop_sweep(Path(str(self.config.hydra.sweep.dir)))  # when a signal stopped the groups
         for i in sorted(notes):
             # The app's own task, as under the basic launcher.
             jobs[i].ret = run_job(
@@ -143,8 +150,9 @@ class BatchedLauncher(Launcher):
             HydraConfig.instance().cfg = original
         return job
 
-    def _open(self, job: _Job) -> None:
-        """What run_job does before the task: job dir, job log, .hydra/ files, on_job_start."""
+    def _open(self, job: _Job, write_files: bool = True) -> None:
+        """What run_job does before the task: job dir, job log, .hydra/ files, on_job_start (the run dir
+        is claimed; `write_files=False` for a finished member, whose files stay as they are)."""
         assert self.hydra_context is not None and job.config is not None
         config = job.config
         HydraConfig.instance().set_config(config)
@@ -157,11 +165,10 @@ class BatchedLauncher(Launcher):
         job.log_files = [
             h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
         ]
-        if config.hydra.output_subdir is not None:
-            out = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
-            _save_config(job.ret.cfg, "config.yaml", out)
-            _save_config(job.ret.hydra_cfg, "hydra.yaml", out)
-            _save_config(config.hydra.overrides.task, "overrides.yaml", out)
+        if write_files:
+            from bn_repro.job import save_hydra_files
+
+            save_hydra_files(job.ret.cfg, Path(job.run_dir))
         self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
 
     def _close(self, job: _Job, summary: dict[str, Any] | None, error: BaseException | None) -> None:
@@ -171,14 +178,9 @@ class BatchedLauncher(Launcher):
         if error is None:
             assert summary is not None
             job.ret.return_value, job.ret.status = summary["final_test_acc"], JobStatus.COMPLETED
-            batched = summary["batched"]
-            print(
-                f"{summary['experiment_name']}: status={summary['status']} steps={summary['steps']} "
-                f"final_test_acc={summary['final_test_acc']:.4f} "
-                f"best_test_acc={summary['best_test_acc']:.4f} "
-                f"({summary['steps_per_s']} steps/s, member {batched['member']} of {batched['members']} "
-                f"in group {batched['group']}) -> {job.run_dir}"
-            )
+            from bn_repro.job import report
+
+            report(summary, Path(job.run_dir))
         else:
             job.ret.return_value, job.ret.status = error, JobStatus.FAILED
         job.ret.task_name = JobRuntime.instance().get("name")
@@ -189,12 +191,30 @@ class BatchedLauncher(Launcher):
     def _run_groups(self, jobs: list[_Job], groups: list[list[int]], workers: int) -> None:
         if not groups:
             return
+        from bn_repro.engine.run_dir import claim_run_dir
+        from bn_repro.errors import UserError
+
         original = HydraConfig.instance().cfg
         handlers: list[logging.Handler] = []
+        claims = []
         try:
             for group in groups:
-                for i in group:
-                    self._open(jobs[i])
+                for i in list(group):
+                    try:
+                        claim = claim_run_dir(Path(jobs[i].run_dir), jobs[i].resolved)
+                    except UserError as error:  # busy, another config, damaged: as the app reports it
+                        print(f"error: {error}", flush=True)
+                        raise SystemExit(error.exit_code) from None
+                    claims.append(claim)
+                    if claim.action == "finished":
+                        group.remove(i)
+                        self._open(jobs[i], write_files=False)
+                        self._close(jobs[i], {**claim.summary, "skipped": True}, None)
+                    else:
+                        self._open(jobs[i])
+            groups[:] = [group for group in groups if group]
+            if not groups:
+                return
             # Group messages (in this process) go to the log of every member of the sweep.
             root = logging.getLogger()
             formatter = root.handlers[0].formatter if root.handlers else None
@@ -216,6 +236,8 @@ class BatchedLauncher(Launcher):
                 for k, i in enumerate(group):
                     self._close(jobs[i], summaries[k] if summaries else None, error)
         finally:
+            for claim in claims:
+                claim.release()
             for handler in handlers:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
@@ -242,7 +264,8 @@ def _outcome(members, group: int, jobs: list[int], threads: int):
     from bn_repro.batched import train_group
 
     try:
-        return train_group(members, group=group, jobs=jobs, threads=threads), None
+        # This launcher's process holds the members' locks (_run_groups).
+        return train_group(members, group=group, jobs=jobs, threads=threads, lock=False), None
     except Exception as error:
         log.error(f"batched group {group} (jobs {jobs}) failed: {type(error).__name__}: {error}")
         return None, error
@@ -252,6 +275,9 @@ def _worker_init(threads: int) -> None:
     # Before torch is imported in the worker; train_group sets the group's count too. The worker needs no
     # Hydra state: its groups get plain resolved configs.
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    from bn_repro.engine.interrupts import die_with_parent
+
+    die_with_parent()  # the locks die with the launcher; its group processes stop with it
 
 
 def _in_processes(specs, threads: list[int], workers: int):
