@@ -188,19 +188,3 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
-
-
-def truncate_rows_after(path: Path, step: int) -> None:
-    """Drop the rows of a run CSV whose step is beyond `step` (atomically)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns, rows = reader.fieldnames, [r for r in reader if int(r["step"]) <= step]
-    if columns is None:
-        return
-    with atomic_write(path, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
