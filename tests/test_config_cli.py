@@ -273,3 +273,35 @@ def test_a_typo_answers_before_torch_is_imported():
                             cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "@@ exit code: 2" in result.stdout and "@@ torch imported: False" in result.stdout, result
     assert result.stderr.startswith("error: norm.momentum=2: expected a number in [0, 1]")
+
+
+def test_a_sweeps_jobs_compose_as_the_launcher_composes_them():
+    """Preflight composes once per choice of config groups and sets the plain key=value changes on a
+    copy: each job's config must equal Hydra's own composition of it (load_sweep_config)."""
+    from omegaconf import OmegaConf
+
+    from bn_repro.cli import _composer, _hydra, _job_config, _parse
+
+    overrides = ["norm=none,custom", "optim.lr=0.1,1", "model.init_std=0.03,null", "seed=0,1",
+                 "model.hidden=[8,8]", "+trainer.eval_examples=100"]  # fmt: skip
+    with _hydra() as loader:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = _parse(overrides, loader)
+        base = _composer(loader, "train")(overrides, parsed)
+        parser = OverridesParser.create(config_loader=loader)
+        (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)
+        assert len(batch) == 16
+        composed: dict = {}
+        for job in batch:
+            fast = _job_config(loader, parser, base, list(job), composed)
+            slow = loader.load_sweep_config(base, list(job))
+            task = [k for k in slow if k != "hydra"]
+            assert OmegaConf.to_container(OmegaConf.masked_copy(fast, task), resolve=True) == (
+                OmegaConf.to_container(OmegaConf.masked_copy(slow, task), resolve=True)
+            ), job
+            assert list(fast.hydra.overrides.task) == list(slow.hydra.overrides.task) or sorted(
+                fast.hydra.overrides.task
+            ) == sorted(slow.hydra.overrides.task)
+        assert len(composed) == 2  # one composition per norm choice
