@@ -30,6 +30,12 @@ def unbatchable_reason(config: Mapping[str, Any]) -> str | None:
         return (
             f"model={model}: only the MLP runs as batched members (conv nets would need grouped convolutions)"
         )
+    dropout = config["model"].get("dropout", 0.0)
+    if dropout:
+        return (
+            f"model.dropout={dropout}: the batched MLP has no dropout (each member would need its own masks "
+            f"from its own RNG), so the job runs as an ordinary one"
+        )
     if norm not in NORMS:
         return f"norm={norm}: batched members support norm={'|'.join(NORMS)}"
     if config["optim"]["name"] != "sgd":

@@ -25,6 +25,7 @@ OPTIONS: dict[str, dict[str, str]] = {
         "hidden": "list of int >= 1",
         "activation": "sigmoid | relu | identity",
         "init_std": "number > 0 | null  # null: torch's default initialisation",
+        "dropout": "number in [0, 1)  # after each hidden nonlinearity; 0: no Dropout module",
     },
     "inception": {
         "activation": "relu | sigmoid",  # the He initialisation needs the nonlinearity's gain
