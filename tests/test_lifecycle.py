@@ -329,3 +329,24 @@ def test_a_loss_explosion_stops_that_batched_member_only(tmp_path):
         read_csv(tmp_path / "member0/metrics.csv")[-1]["step"]
         == read_csv(tmp_path / "single/metrics.csv")[-1]["step"]
     )
+
+
+def test_the_errors_a_group_process_raises_reach_the_launcher_whole():
+    """A batched group runs in its own process: its errors cross back pickled, message and exit code."""
+    import errno
+    import pickle
+
+    from bn_repro.config import ConfigError
+    from bn_repro.data.errors import DataError
+    from bn_repro.engine.checkpoint import CheckpointError
+    from bn_repro.engine.run_dir import RunDirBusy, RunFileDamaged
+    from bn_repro.records.run_files import RunFileError
+
+    for error in (
+        RunFileError(Path("/runs/0/metrics.csv"), OSError(errno.ENOSPC, "No space left on device")),
+        CheckpointError("checkpoint damaged"), RunDirBusy("busy"), RunFileDamaged("damaged"),
+        ConfigError("optim.lr='x': expected a number"), DataError("no files"),
+    ):  # fmt: skip
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error)
+        assert again.exit_code == error.exit_code

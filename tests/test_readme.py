@@ -42,6 +42,7 @@ SM = "results/santurkar_fashion_mnist/figures/santurkar_fig1_mlp_table.md"
 SV = "results/santurkar_fashion_mnist/figures/santurkar_vgg_cpu_table.md"
 BT = "results/batch_fashion_mnist/figures/batch_tables.md"
 CK = "results/bench_checkpoint_cpu.md"
+TT = "results/bench_tests_cpu.md"
 
 N = r"[+-]?\d[\d,]*(?:\.\d+)?"  # a number as the tables write it: 10,500  88.54  +0.001
 PM = rf"{N}%? \+- {N}%?"  # an interval: 88.54% +- 0.28
@@ -336,6 +337,11 @@ CLAIMS: list[tuple[str, tuple]] = [
     (rf"PreciseBN beats the moving averages by ({N}) points \(({N}%) against ({N}%) at lr 0\.01\)",
      (Computed("PreciseBN N=1,000 - EMA at lr 0.01, points", _precise_bn_gain),
       Cell(BT, "lr 0.01", "PreciseBN N=1,000", table="ema"), Cell(BT, "lr 0.01", "ema"))),
+    (r"On the same VM shared with other jobs a run took (\d+)-(\d+) s",
+     (Cell(CK, "default: every 120 s and at the end", "run wall time (s)"),
+      Cell(CK, "also every 2,500 steps", "run wall time (s)"))),
+    (r"test run \(`pytest -q`\) took (\d+) s on a fresh clone, and (\d+) s again with ATen's portable",
+     (Cell(TT, "native kernels", "wall time (s)"), Cell(TT, "portable kernels", "wall time (s)"))),
     # when runs die: the default cadence (a setting, held to its config) and the checkpoints' cost
     (r"into its run dir every (\d+) s of training",
      (Line("configs/trainer/default.yaml", "checkpoint_every_s:"),)),

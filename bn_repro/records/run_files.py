@@ -41,12 +41,15 @@ class RunFileError(UserError):
     exit_code = 74  # sysexits' EX_IOERR
 
     def __init__(self, path: Path, error: OSError):
-        reason = error.strerror or str(error)
-        super().__init__(
-            f"cannot write {path}: {reason}. The files written before are intact; free space (or fix the "
-            f"dir) and run the same command to resume from the last checkpoint"
-        )
+        super().__init__(path, error)  # the arguments, so that it pickles (a batched group's process)
         self.path, self.errno = Path(path), error.errno
+        self.message = (
+            f"cannot write {path}: {error.strerror or error}. The files written before are intact; free "
+            f"space (or fix the dir) and run the same command to resume from the last checkpoint"
+        )
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @contextlib.contextmanager

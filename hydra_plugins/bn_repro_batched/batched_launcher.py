@@ -235,6 +235,10 @@ class BatchedLauncher(Launcher):
             for group, (summaries, error) in zip(groups, outcomes, strict=True):
                 for k, i in enumerate(group):
                     self._close(jobs[i], summaries[k] if summaries else None, error)
+            for _, error in outcomes:
+                if isinstance(error, UserError):  # a full disk, a damaged run file: as the app reports it
+                    print(f"error: {error}", flush=True)
+                    raise SystemExit(error.exit_code)
         finally:
             for claim in claims:
                 claim.release()
