@@ -27,17 +27,6 @@ from bn_repro.measures.base import MeasureContext, Measurement, register_measure
 from bn_repro.measures.replay import Replay
 
 
-def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(module path, weight) of each module with a weight of 2 or more dims, in parameter order."""
-    order = {id(p): i for i, p in enumerate(model.parameters())}
-    layers = [
-        (name, module.weight)
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() >= 2
-    ]
-    return sorted(layers, key=lambda layer: order[id(layer[1])])
-
-
 def layer_of_each_param(model: nn.Module, weights: list[nn.Parameter]) -> list[int]:
     """The layer index of each parameter: that of the last layer weight at or before it (0 before any)."""
     starts = {id(w): i for i, w in enumerate(weights)}
@@ -69,9 +58,7 @@ class ICSGradient(Measurement):
     def measure(self, ctx: MeasureContext) -> list[dict]:
         x, y = ctx.batch
         replay = Replay(ctx.model, ctx.optimizer)
-        layers = weight_layers(replay.model)
-        if not layers:
-            raise ValueError("ics_gradient: the model has no layer with a weight of 2 or more dims")
+        layers = replay.weight_layers("ics_gradient")
         owners = layer_of_each_param(replay.model, [w for _, w in layers])
         position = {id(p): k for k, p in enumerate(replay.params)}
         _, grads = replay.loss_and_grads(x, y, ctx.loss_fn)

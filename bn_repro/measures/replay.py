@@ -45,6 +45,17 @@ def clone_optimizer(
     return clone
 
 
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(module path, weight) of each module with a weight of 2 or more dims, in parameter order."""
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    layers = [
+        (name, module.weight)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() >= 2
+    ]
+    return sorted(layers, key=lambda layer: order[id(layer[1])])
+
+
 class Replay:
     """A training-mode copy of `model` (and of `optimizer`, when given) whose forwards all start from
     the state the copy was made in."""
@@ -61,6 +72,13 @@ class Replay:
         self._cuda = device if device.type == "cuda" else None
         self._rng = torch.get_rng_state()
         self._cuda_rng = torch.cuda.get_rng_state(device) if self._cuda is not None else None
+
+    def weight_layers(self, measurement: str) -> list[tuple[str, nn.Parameter]]:
+        """weight_layers of the copy; a model without any is an error of `measurement`'s config."""
+        layers = weight_layers(self.model)
+        if not layers:
+            raise ValueError(f"{measurement}: the model has no layer with a weight of 2 or more dims")
+        return layers
 
     def rewind(self) -> None:
         """Put back the buffers and the global RNGs as they were when the copy was made."""

@@ -33,8 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from bn_repro.measures.base import MeasureContext, Measurement, register_measurement
-from bn_repro.measures.ics_gradient import weight_layers
-from bn_repro.measures.replay import Replay
+from bn_repro.measures.replay import Replay, weight_layers
 
 
 def _norms(a: Tensor, b: Tensor) -> tuple[float, float, float]:
@@ -58,9 +57,7 @@ class Scale(Measurement):
     def measure(self, ctx: MeasureContext) -> list[dict]:
         x, y = ctx.batch
         replay = Replay(ctx.model, ctx.optimizer)
-        layers = weight_layers(replay.model)
-        if not layers:
-            raise ValueError("scale: the model has no layer with a weight of 2 or more dims")
+        layers = replay.weight_layers("scale")
         _, grads = replay.loss_and_grads(x, y, ctx.loss_fn)
         position = {id(p): k for k, p in enumerate(replay.params)}
         before = {id(w): w.detach().clone() for _, w in layers}
