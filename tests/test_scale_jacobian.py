@@ -279,3 +279,50 @@ def test_the_presets_compose():
     assert scale["measure"]["scale"]["every"] == scale["measure"]["jacobian"]["every"] == 500
     dropout = resolve_config(compose_config(["experiment=dropout_fig1", "model.dropout=0.5"]))
     assert dropout["model"]["dropout"] == 0.5 and dropout["trainer"]["max_steps"] == 50000
+
+
+def test_train_eval_is_the_eval_mode_fit_to_the_training_set(tmp_path):
+    """train_eval's rows are evaluate() on the training images in eval mode (dropout off): recomputed here
+    from the final checkpoint's model, and training is unchanged by the measurement."""
+    on = ["+model.dropout=0.5", "measure.train_eval.every=4", "measure.train_eval.num_examples=50"]
+    train(compose_config([*SMOKE, "norm=builtin", *on]), tmp_path / "measured")
+    train(compose_config([*SMOKE, "norm=builtin", "+model.dropout=0.5"]), tmp_path / "plain")
+    rows = read_measurement(tmp_path / "measured", "train_eval")
+    assert [r["step"] for r in rows] == [0, 4, 8, 12]
+    assert all(0.0 <= r["train_acc"] <= 1.0 and r["train_loss"] > 0 for r in rows)
+
+    def metrics(run):
+        return [{k: v for k, v in r.items() if k not in ("wall_time_s", "steps_per_s")}
+                for r in read_csv(tmp_path / run / "metrics.csv")]  # fmt: skip
+
+    assert metrics("measured") == metrics("plain")
+
+
+def test_evaluate_on_the_training_split_reads_the_training_images():
+    from bn_repro.data.dataset import DeviceDataset  # noqa: F401 - the type evaluate() reads
+    from bn_repro.engine.evaluate import evaluate
+
+    class Data:  # the two splits differ, so each result tells which split was read
+        train_x = torch.zeros(30, 1, 2, 2, dtype=torch.uint8)
+        train_y = torch.zeros(30, dtype=torch.long)
+        test_x = torch.zeros(20, 1, 2, 2, dtype=torch.uint8)
+        test_y = torch.ones(20, dtype=torch.long)
+
+        @staticmethod
+        def normalize(x):
+            return x.float()
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.0]))  # always class 0
+    assert evaluate(model, Data, 7, split="train")[1] == 1.0
+    assert evaluate(model, Data, 7)[1] == 0.0
+    assert evaluate(model, Data, 7, limit=10, split="train")[1] == 1.0
+    assert evaluate(model, Data, 7, limit=10, split="train")[0] == pytest.approx(F.cross_entropy(
+        torch.tensor([[1.0, 0.0]]), torch.tensor([0])).item())
+
+
+def test_train_eval_refuses_a_bad_count(tmp_path):
+    with pytest.raises(ConfigError):
+        resolve_config(compose_config([*SMOKE, "measure.train_eval.num_examples=0"]))

@@ -15,18 +15,20 @@ from bn_repro.norms import recompute_population_statistics
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: DeviceDataset, batch_size: int, limit: int | None = None
+    model: nn.Module, data: DeviceDataset, batch_size: int, limit: int | None = None, split: str = "test"
 ) -> tuple[float, float]:
-    """Loss and accuracy on the test set (its first `limit` images when given), in eval mode."""
+    """Loss and accuracy on the test set (`split="train"`: the training set, unaugmented; its first
+    `limit` images when given), in eval mode."""
+    images, labels = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=data.test_y.device, dtype=torch.float64)
-    correct = torch.zeros((), device=data.test_y.device, dtype=torch.int64)
-    n = len(data.test_y) if limit is None else min(limit, len(data.test_y))
+    loss_sum = torch.zeros((), device=labels.device, dtype=torch.float64)
+    correct = torch.zeros((), device=labels.device, dtype=torch.int64)
+    n = len(labels) if limit is None else min(limit, len(labels))
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        x = data.normalize(data.test_x[start:stop])
-        y = data.test_y[start:stop]
+        x = data.normalize(images[start:stop])
+        y = labels[start:stop]
         logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
