@@ -12,6 +12,7 @@ from conftest import REPO, SMOKE, compose_config
 from bn_repro.batched import plan, train_group
 from bn_repro.batched.grouping import ALONE
 from bn_repro.config import resolve_config
+from bn_repro.engine.checkpoint import load_checkpoint
 from bn_repro.records.run_files import read_csv
 from bn_repro.train import train
 
@@ -101,6 +102,79 @@ def test_a_fig1_member_is_its_single_run_over_500_steps(norm, tmp_path):
         _assert_member_is_single_run(tmp_path / f"member{k}", tmp_path / f"single{k}", acc_tol=1e-4)
 
 
+def test_members_of_several_norms_and_init_stds_share_one_model(tmp_path):
+    """One batched model of no-BN, built-in and custom BN members (interleaved in the job order), two
+    init stds and an exponential schedule beside constant ones: each member is its single run."""
+    overrides = [
+        [*STEPS, "norm=builtin", "seed=0"],
+        [*STEPS, "norm=none", "seed=1", "model.init_std=0.1"],
+        [*STEPS, "norm=builtin", "seed=2", "optim.lr=0.1", "model.init_std=0.05"],
+        [*STEPS, "norm=custom", "seed=3"],
+        [
+            *STEPS,
+            "norm=none",
+            "seed=4",
+            "optim.schedule.name=exponential",
+            "optim.schedule.decay_rate=0.5",
+            "optim.schedule.decay_steps=9",
+        ],
+    ]
+    groups, notes = plan([resolve_config(compose_config(o)) for o in overrides], max_members=20)
+    assert groups == [[0, 1, 2, 3, 4]] and not notes
+    summaries = train_group(_members(overrides, tmp_path))
+    for k, o in enumerate(overrides):
+        train(compose_config(o), tmp_path / f"single{k}")
+        _assert_member_is_single_run(tmp_path / f"member{k}", tmp_path / f"single{k}")
+        assert summaries[k]["batched"]["members"] == 5
+        config = resolve_config(compose_config(o))
+        member, single = (load_checkpoint(tmp_path / d / "checkpoint.pt", config)
+                          for d in (f"member{k}", f"single{k}"))  # fmt: skip
+        # The lazily advanced constant schedules are where stepping them every step leaves them.
+        assert member["scheduler"] == single["scheduler"]
+
+
+def test_a_group_split_over_processes_gets_each_norm_evenly():
+    def config(norm, seed):
+        return resolve_config(compose_config([*SMOKE, f"norm={norm}", f"seed={seed}"]))
+
+    # A sweep's job order: every no-BN job first, then every BN job.
+    jobs = [config("none", s) for s in range(10)] + [config("builtin", s) for s in range(10)]
+    groups, notes = plan(jobs, max_members=20, workers=2)
+    assert not notes and sorted(i for g in groups for i in g) == list(range(20))
+    for group in groups:
+        assert sum(i < 10 for i in group) == 5 and sum(i >= 10 for i in group) == 5
+    groups, _ = plan(jobs, max_members=8)  # three groups of 7, 7 and 6: norms split 4/3 at most
+    assert sorted(map(len, groups)) == [6, 7, 7]
+    assert all(abs(sum(i < 10 for i in g) - sum(i >= 10 for i in g)) <= 1 for g in groups)
+
+
+def test_the_batched_evaluation_is_each_members_own(tmp_path):
+    """batched_evaluate (all members in one forward, eval mode) against evaluate() of each member."""
+    from bn_repro.batched.model import BatchedMLP, batched_evaluate
+    from bn_repro.engine import setup
+    from bn_repro.engine.evaluate import evaluate
+    from bn_repro.engine.loop import Session
+
+    norms_ = ["none", "builtin", "builtin", "custom"]
+    with setup.shared_data():
+        configs = [
+            resolve_config(compose_config([*STEPS, f"norm={n}", f"seed={k}"])) for k, n in enumerate(norms_)
+        ]
+        members = [Session(c, tmp_path / str(k)) for k, c in enumerate(configs)]
+    for m in members:  # running statistics away from their initial 0 and 1
+        m.run.model.train()
+        for _ in range(3):
+            m.run.model(m.run.next_batch()[0])
+    model = BatchedMLP([m.run.model for m in members], [m.config["norm"] for m in members])
+    data = members[0].run.data
+    for limit in (None, 37):
+        got = batched_evaluate(model, data, 16, limit)
+        for m, (loss, acc) in zip(members, got, strict=True):
+            want_loss, want_acc = evaluate(m.run.model, data, 16, limit)
+            assert loss == pytest.approx(want_loss, rel=1e-5) and acc == want_acc
+    assert model.training
+
+
 def test_nan_in_one_member_stops_that_member_only(tmp_path):
     # NaN alone stops a member here: the other member's loss (6e13, below) would otherwise count as a loss
     # explosion (trainer.divergence_factor; tests/test_lifecycle.py holds that case for members).
@@ -121,24 +195,24 @@ def test_nan_in_one_member_stops_that_member_only(tmp_path):
 
 
 def test_resume_covers_every_member(tmp_path, monkeypatch):
-    import bn_repro.engine.loop as loop
+    import bn_repro.batched.group as group
 
     resumable = [*STEPS, "norm=custom", "trainer.checkpoint_every=7"]
     overrides = [[*resumable, "seed=0"], [*resumable, "seed=1"]]
     train_group(_members(overrides, tmp_path / "whole"))
 
-    real, calls = loop.evaluate, []
+    real, calls = group.batched_evaluate, []
 
     def interrupted(*args, **kwargs):  # killed at the evaluation of step 20 (after the checkpoint at 14)
         calls.append(1)
-        if len(calls) == 2 * 2 + 1:  # two members, evaluated at steps 0 and 10 before
+        if len(calls) == 2:  # the group's evaluation of both members at step 10 came before
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "evaluate", interrupted)
+    monkeypatch.setattr(group, "batched_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_group(_members(overrides, tmp_path / "parts"))
-    monkeypatch.setattr(loop, "evaluate", real)
+    monkeypatch.setattr(group, "batched_evaluate", real)
     resumed = train_group(_members(overrides, tmp_path / "parts"))
     for k, summary in enumerate(resumed):
         assert summary["resumed_from_step"] == 14 and summary["steps"] == 40
@@ -159,7 +233,8 @@ def test_jobs_that_cannot_be_batched_run_alone_with_a_note(monkeypatch):
     jobs = [config("seed=0"), config("seed=1"), config("seed=2", "optim.lr=0.3"), config("model=vgg"),
             config("norm=layernorm"), config("data.batch_size=30")]  # fmt: skip
     groups, notes = plan(jobs, max_members=2)
-    assert groups == [[0, 1]] and "max_members=2" in notes[2]  # seeds 0, 1, 2 (lr 0.3) split 2 + 1
+    # seeds 0, 1, 2 (lr 0.3) split 2 + 1, dealt round-robin
+    assert groups == [[0, 2]] and "max_members=2" in notes[1]
     assert "model=vgg" in notes[3] and "grouped convolutions" in notes[3]
     assert "norm=layernorm" in notes[4]
     assert notes[5] == ALONE

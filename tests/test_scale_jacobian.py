@@ -319,8 +319,9 @@ def test_evaluate_on_the_training_split_reads_the_training_images():
     assert evaluate(model, Data, 7, split="train")[1] == 1.0
     assert evaluate(model, Data, 7)[1] == 0.0
     assert evaluate(model, Data, 7, limit=10, split="train")[1] == 1.0
-    assert evaluate(model, Data, 7, limit=10, split="train")[0] == pytest.approx(F.cross_entropy(
-        torch.tensor([[1.0, 0.0]]), torch.tensor([0])).item())
+    assert evaluate(model, Data, 7, limit=10, split="train")[0] == pytest.approx(
+        F.cross_entropy(torch.tensor([[1.0, 0.0]]), torch.tensor([0])).item()
+    )
 
 
 def test_train_eval_refuses_a_bad_count(tmp_path):

@@ -3,7 +3,11 @@
     groups, notes = plan(configs, max_members=20, workers=2)   # configs: resolved job configs
     # groups: lists of job indices, each one batched model; notes: {job index: why it runs alone}
 
-Jobs share a model when their resolved configs differ only in `seed` and `optim.lr` (BATCHED_KEYS).
+Jobs share a model when their resolved configs differ only in BATCHED_KEYS: `seed`, `optim.lr` and
+`optim.schedule` (each member's scheduler sets its own lr), `model.init_std` (the initial weights are the
+member's own) and `norm` (members of one norm form one segment of the batched model:
+bn_repro/batched/model.py). A group split over several processes gets an equal share of each norm, so
+that the processes take about as long.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The keys in which the members of one group may differ.
-BATCHED_KEYS = (("seed",), ("optim", "lr"))
+BATCHED_KEYS = (("seed",), ("optim", "lr"), ("optim", "schedule"), ("model", "init_std"), ("norm",))
 NORMS = ("none", "builtin", "custom")
-ALONE = "differs from every other job in more than seed and optim.lr, so there is nothing to batch it with"
+ALONE = (
+    "differs from every other job in more than seed, optim.lr, optim.schedule, model.init_std and norm, so "
+    "there is nothing to batch it with"
+)
 
 
 def unbatchable_reason(config: Mapping[str, Any]) -> str | None:
@@ -69,15 +76,12 @@ def group_key(config: Mapping[str, Any]) -> str:
     return json.dumps(rest, sort_keys=True, default=str)
 
 
-def _split(jobs: list[int], parts: int) -> list[list[int]]:
-    """`jobs` in `parts` groups of sizes that differ by at most one, in order."""
-    size, extra = divmod(len(jobs), parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + size + (i < extra)
-        out.append(jobs[start:end])
-        start = end
-    return out
+def _split(jobs: list[int], parts: int, configs: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """`jobs` in `parts` groups of sizes that differ by at most one, each with an equal share (to one) of
+    every norm: the jobs ordered by norm, then dealt round-robin. A BN member's step costs more than one
+    without BN, so a split by position (all of one norm in one group) leaves one process idle at the end."""
+    ordered = sorted(jobs, key=lambda i: (json.dumps(configs[i]["norm"], sort_keys=True, default=str), i))
+    return [sorted(ordered[p::parts]) for p in range(parts)]
 
 
 def plan(
@@ -101,7 +105,7 @@ def plan(
         if len(jobs) == 1:
             notes[jobs[0]] = ALONE
             continue
-        for part in _split(jobs, -(-len(jobs) // max_members)):
+        for part in _split(jobs, -(-len(jobs) // max_members), configs):
             if len(part) == 1:
                 notes[part[0]] = f"left alone when hydra.launcher.max_members={max_members} split its group"
             else:
@@ -111,5 +115,5 @@ def plan(
         if len(largest) < 4:
             break
         groups.remove(largest)
-        groups.extend(_split(largest, 2))
+        groups.extend(_split(largest, 2, configs))
     return groups, notes

@@ -1,16 +1,22 @@
 """K Fig. 1 MLPs as one batched model, and their SGD as one stacked optimizer.
 
-    model = BatchedMLP(members, norms.factory(config["norm"]))   # members: K bn_repro.models.MLP
+    model = BatchedMLP(members, [m_config["norm"] for each member])   # members: K bn_repro.models.MLP
     optimizer = StackedSGD(model, config["optim"], member_optimizers)
     losses, logits = batched_train_step(model, optimizer, x, y, lrs)   # x: (K, B, ...), y: (K, B)
     model.scatter(); optimizer.scatter()                      # back into each member's own model
 
-Every tensor of the batched model is its members' tensors stacked, under the member's own state_dict
-name: a linear weight (out, in) becomes (K, in, out), each member's transposed, and runs as one batched
-matmul; a norm of C
-channels becomes one norm of K*C channels over the members' activations laid side by side,
-(K, B, C) -> (B, K*C), so each member keeps its own batch statistics and running statistics. Member k
-is `tensor.view(K, *member_shape)[k]`. The loss is the sum of the members' mean losses, so each
+Every tensor of the batched model is its members' tensors stacked, each in the member's own layout:
+member k is `tensor.view(K', *member_shape)[k]` for the K' members that hold it. Activations are laid
+out (K, features, B), so every layer is one batched matmul W_k h_k with the weight (K, out, in) as the
+members hold it, and its weight gradient g_k x_k^T comes out in that layout too. (Laid out (K, B, in)
+with the weights transposed, as this model was first written, the first layer's weight gradient
+x^T g, inner dimension 60, ran at under half the speed of g x^T: results/bench_sweep_cpu.md.)
+
+Members may differ in their norm: they come in segments of consecutive members with one norm config
+(the launcher orders them so), and a hidden layer normalises each segment's members as one norm of
+K'*C channels, (K', C, B) -> (1, K'*C, B): a BatchNorm of a (N, C, L) input pools N and L, so each
+member keeps its own batch statistics and running statistics. A segment without a norm adds its
+members' biases instead (z = g(Wu + b)). The loss is the sum of the members' mean losses, so each
 member's gradient is its single-run gradient; SGD (momentum, weight decay, nesterov) is elementwise,
 so the stacked update is each member's update, with a per-member learning rate where they differ.
 """
@@ -18,6 +24,7 @@ so the stacked update is each member's update, with a per-member learning rate w
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,104 +32,169 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bn_repro import norms
 from bn_repro.models.mlp import MLP
-from bn_repro.norms import NormFactory
 
 
-class BatchedLinear(nn.Module):
-    """K linear layers: (K, B, in) -> (K, B, out). The weight is held as (K, in, out), member k's weight
-    transposed: the batched matmul reads it as is, and its gradient comes out in that layout (held as
-    (K, out, in), autograd would copy every weight gradient into a contiguous tensor)."""
+def segments_of(norm_configs: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """[start, stop) of each run of consecutive members with the same norm config."""
+    keys = [json.dumps(c, sort_keys=True, default=str) for c in norm_configs]
+    bounds = [0, *[k for k in range(1, len(keys)) if keys[k] != keys[k - 1]], len(keys)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
-    def __init__(self, members: Sequence[nn.Linear]):
+
+class _Slot:
+    """One batched tensor and the member tensors it holds: members start..start+len(members)-1."""
+
+    def __init__(self, batched: Tensor, members: Sequence[Tensor], start: int):
+        self.batched, self.members, self.start = batched, list(members), start
+
+    def view(self, tensor: Tensor | None = None) -> Tensor:
+        """(K', *member shape) view of the batched tensor (or of `tensor`, laid out as it: a momentum
+        buffer); a tensor shared by the members (a BN batch count) as is."""
+        tensor = self.batched if tensor is None else tensor
+        return tensor if tensor.dim() == 0 else tensor.view(len(self.members), *self.members[0].shape)
+
+
+class _Segment(nn.Module):
+    """Members start..stop of one hidden layer: their biases (no norm) or their norm of K'*C channels."""
+
+    def __init__(self, members: Sequence[nn.Module], start: int, norm_cfg: Mapping[str, Any]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([m.weight.detach().t() for m in members]).contiguous())
-        if members[0].bias is None:
-            self.register_parameter("bias", None)
-        else:
-            self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in members]))
+        self.start, self.stop = start, start + len(members)
+        linear = members[0].linear
+        self.bias = (
+            nn.Parameter(torch.stack([m.linear.bias.detach() for m in members])) if linear.bias is not None
+            else None
+        )  # fmt: skip
+        norm = norms.factory(norm_cfg)(len(members) * linear.out_features, 2)
+        self.norm = None if isinstance(norm, nn.Identity) else norm
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+    def forward(self, h: Tensor) -> Tensor:
+        if self.bias is not None:
+            h = h + self.bias.unsqueeze(2)
+        if self.norm is not None:
+            k, c, b = h.shape
+            h = self.norm(h.reshape(1, k * c, b)).view(k, c, b)
+        return h
+
+    def slots(self, members: Sequence[nn.Module]) -> list[_Slot]:
+        mine = members[self.start : self.stop]
+        out = [] if self.bias is None else [_Slot(self.bias, [m.linear.bias for m in mine], self.start)]
+        if self.norm is not None:
+            for name, tensor in self.norm.state_dict(keep_vars=True).items():
+                out.append(_Slot(tensor, [m.norm.state_dict(keep_vars=True)[name] for m in mine], self.start))
+        return out
 
 
 class BatchedHidden(nn.Module):
-    """K hidden layers g(BN(Wu)): one batched matmul, one norm over the K*C channels side by side."""
+    """K hidden layers z = g(norm(Wu)) on (K, in, B): one batched matmul, then each norm segment."""
 
-    def __init__(self, members: Sequence[nn.Module], norm_layer: NormFactory):
+    def __init__(self, members: Sequence[nn.Module], bounds: Sequence[tuple[int, int]], norm_cfgs):
         super().__init__()
-        self.linear = BatchedLinear([m.linear for m in members])
-        width = members[0].linear.out_features
-        self.norm = norm_layer(len(members) * width, 2)
+        self.weight = nn.Parameter(torch.stack([m.linear.weight.detach() for m in members]))  # (K, out, in)
+        self.segments = nn.ModuleList(
+            _Segment(members[start:stop], start, norm_cfgs[start]) for start, stop in bounds
+        )
         self.act = copy.deepcopy(members[0].act)  # elementwise and stateless (sigmoid, relu)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.linear(x)
-        if not isinstance(self.norm, nn.Identity):
-            k, b, c = h.shape
-            h = self.norm(h.transpose(0, 1).reshape(b, k * c)).view(b, k, c).transpose(0, 1)
+    def forward(self, h: Tensor) -> Tensor:
+        if h.dim() == 2:  # (in, B), one input for every member (an evaluation): one matmul for all
+            k, out, inputs = self.weight.shape
+            h = (self.weight.view(k * out, inputs) @ h).view(k, out, -1)
+            parts = [segment(h[segment.start : segment.stop]) for segment in self.segments]
+            return self.act(parts[0] if len(parts) == 1 else torch.cat(parts))
+        if len(self.segments) == 1 and self.segments[0].norm is None and self.segments[0].bias is not None:
+            h = torch.baddbmm(self.segments[0].bias.unsqueeze(2), self.weight, h)  # as nn.Linear's addmm
+        else:
+            h = torch.bmm(self.weight, h)
+            parts = [segment(h[segment.start : segment.stop]) for segment in self.segments]
+            h = parts[0] if len(parts) == 1 else torch.cat(parts)
         return self.act(h)
+
+    def slots(self, members: Sequence[nn.Module]) -> list[_Slot]:
+        out = [_Slot(self.weight, [m.linear.weight for m in members], 0)]
+        for segment in self.segments:
+            out += segment.slots(members)
+        return out
+
+
+class BatchedOutput(nn.Module):
+    """K output layers on (K, in, B) -> logits (K, classes, B)."""
+
+    def __init__(self, members: Sequence[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in members]))
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in members]))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(2), self.weight, h)
+
+    def slots(self, members: Sequence[nn.Linear]) -> list[_Slot]:
+        return [
+            _Slot(self.weight, [m.weight for m in members], 0),
+            _Slot(self.bias, [m.bias for m in members], 0),
+        ]
 
 
 class BatchedMLP(nn.Module):
-    """K bn_repro.models.MLP of one architecture as one model; `gather`/`scatter` move their state."""
+    """K bn_repro.models.MLP of one architecture as one model; `gather`/`scatter` move their state.
 
-    def __init__(self, members: Sequence[MLP], norm_layer: NormFactory):
+    `norm_cfgs`: each member's norm config (a NormFactory's config or kind), consecutive equal ones
+    forming one segment; one config for all members may be given alone."""
+
+    def __init__(self, members: Sequence[MLP], norm_cfgs: Sequence[Mapping[str, Any] | str] | Mapping | str):
         super().__init__()
         self.k = len(members)
+        if isinstance(norm_cfgs, Mapping | str):
+            norm_cfgs = [norm_cfgs] * self.k
+        self.bounds = segments_of(norm_cfgs)
         self.hidden = nn.ModuleList(
-            BatchedHidden([m.hidden[i] for m in members], norm_layer) for i in range(len(members[0].hidden))
+            BatchedHidden([m.hidden[i] for m in members], self.bounds, norm_cfgs)
+            for i in range(len(members[0].hidden))
         )
-        self.out = BatchedLinear([m.out for m in members])
-        mine = self.state_dict(keep_vars=True)
-        theirs = [m.state_dict(keep_vars=True) for m in members]
-        if any(set(t) != set(mine) for t in theirs):
-            raise ValueError(f"members do not have the batched model's tensors: {sorted(mine)}")
-        # (batched tensor, each member's tensor of the same name); views into it are member slices.
-        self.pairs = [(mine[name], [t[name] for t in theirs]) for name in mine]
-        self.names = list(mine)
-        # The tensors held as (K, in, out), their members' transposed (BatchedLinear weights).
-        self.transposed = {id(m.weight) for m in self.modules() if isinstance(m, BatchedLinear)}
+        self.out = BatchedOutput([m.out for m in members])
+        self.slots = [
+            s for i, layer in enumerate(self.hidden) for s in layer.slots([m.hidden[i] for m in members])
+        ]
+        self.slots += self.out.slots([m.out for m in members])
+        # Every tensor of the batched model is one slot, and every member tensor is in exactly one.
+        held = [id(t) for slot in self.slots for t in slot.members]
+        wanted = {id(t) for m in members for t in m.state_dict(keep_vars=True).values()}
+        if {id(s.batched) for s in self.slots} != {id(t) for t in self.state_dict(keep_vars=True).values()}:
+            raise ValueError("the batched model's tensors are not all held by its slots")
+        if len(held) != len(set(held)) or set(held) != wanted:
+            raise ValueError("members do not have the batched model's tensors")
         self.gather()
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = x.flatten(2)
+    def forward(self, x: Tensor, shared: bool = False) -> Tensor:
+        """(K, B, ...) inputs -> (K, classes, B) logits; `shared`: one (B, ...) input for all members."""
+        # (K, in, B) or, shared, (in, B): a view, which the first matmul reads as is
+        h = x.flatten(1).t() if shared else x.flatten(2).transpose(1, 2)
         for layer in self.hidden:
             h = layer(h)
         return self.out(h)
 
-    def member_view(self, batched: Tensor, like: Tensor, layout_of: Tensor | None = None) -> Tensor:
-        """The (K, *member shape) view of `batched` (laid out as the batched tensor `layout_of`, by default
-        itself: a momentum buffer is laid out as its parameter); a tensor shared by all (a BN batch
-        count) as is."""
-        if batched.dim() == 0:
-            return batched
-        if id(batched if layout_of is None else layout_of) in self.transposed:
-            return batched.transpose(1, 2)
-        return batched.view(self.k, *like.shape)
-
     @torch.no_grad()
     def gather(self) -> None:
         """Members' parameters and buffers -> the batched model."""
-        for batched, members in self.pairs:
-            if batched.dim() == 0:  # shared, e.g. num_batches_tracked
-                if any(not torch.equal(m, members[0]) for m in members):
+        for slot in self.slots:
+            if slot.batched.dim() == 0:  # shared, e.g. num_batches_tracked
+                if any(not torch.equal(m, slot.members[0]) for m in slot.members):
                     raise ValueError(
                         "members differ in a tensor the batched model shares (num_batches_tracked)"
                     )
-                batched.copy_(members[0])
+                slot.batched.copy_(slot.members[0])
             else:
-                self.member_view(batched, members[0]).copy_(torch.stack(members))
+                slot.view().copy_(torch.stack(slot.members))
 
     @torch.no_grad()
     def scatter(self) -> None:
         """The batched model -> each member's own parameters and buffers."""
-        for batched, members in self.pairs:
-            view = self.member_view(batched, members[0])
-            for k, member in enumerate(members):
-                member.copy_(view if view is batched else view[k])
+        for slot in self.slots:
+            view = slot.view()
+            for k, member in enumerate(slot.members):
+                member.copy_(view if view is slot.batched else view[k])
 
 
 class StackedSGD:
@@ -142,12 +214,12 @@ class StackedSGD:
         self.nesterov = optim_cfg["nesterov"]
         self.weight_decay = optim_cfg["weight_decay"]
         self.optimizers = list(member_optimizers)
-        pairs = [(b, members) for b, members in model.pairs if isinstance(b, nn.Parameter)]
-        self.params = [b for b, _ in pairs]
-        self.member_params = [members for _, members in pairs]
+        self.slots = [s for s in model.slots if isinstance(s.batched, nn.Parameter)]
+        self.params = [s.batched for s in self.slots]
         for k, optimizer in enumerate(self.optimizers):
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            if held != {id(members[k]) for members in self.member_params}:
+            mine = {id(s.members[k - s.start]) for s in self.slots if s.start <= k < s.start + len(s.members)}
+            if held != mine:
                 raise ValueError(f"member {k}'s optimizer does not hold exactly its model's parameters")
         self.buffers: list[Tensor | None] = [None] * len(self.params)
         self.gather()
@@ -160,7 +232,7 @@ class StackedSGD:
     def step(self, lrs: Sequence[float]) -> None:
         same = all(lr == lrs[0] for lr in lrs)
         scale = None if same else torch.tensor(lrs, dtype=self.params[0].dtype, device=self.params[0].device)
-        for i, param in enumerate(self.params):
+        for i, (slot, param) in enumerate(zip(self.slots, self.params, strict=True)):
             grad = param.grad
             if self.weight_decay != 0:
                 grad = grad.add(param, alpha=self.weight_decay)
@@ -174,45 +246,73 @@ class StackedSGD:
             if same:
                 param.add_(grad, alpha=-lrs[0])
             else:
-                rows = param.view(self.model.k, -1)
-                rows.addcmul_(grad.view(self.model.k, -1), scale.unsqueeze(1), value=-1)
+                count = len(slot.members)
+                rows = param.view(count, -1)
+                rows.addcmul_(
+                    grad.view(count, -1), scale[slot.start : slot.start + count].unsqueeze(1), value=-1
+                )
+
+    def _member_buffers(self, slot: _Slot) -> list[Tensor | None]:
+        optimizers = self.optimizers[slot.start : slot.start + len(slot.members)]
+        return [
+            opt.state.get(p, {}).get("momentum_buffer")
+            for opt, p in zip(optimizers, slot.members, strict=True)
+        ]
 
     @torch.no_grad()
     def gather(self) -> None:
         """The members' momentum buffers -> the stacked ones (none before the first step)."""
-        for i, members in enumerate(self.member_params):
-            found = [
-                opt.state.get(p, {}).get("momentum_buffer")
-                for opt, p in zip(self.optimizers, members, strict=True)
-            ]
+        for i, slot in enumerate(self.slots):
+            found = self._member_buffers(slot)
             if all(b is None for b in found):
                 self.buffers[i] = None
             elif any(b is None for b in found):
                 raise ValueError("some members have momentum buffers and some not: they are not at one step")
             else:
-                param = self.params[i]
-                buffer = torch.empty_like(param)
-                self.model.member_view(buffer, found[0], layout_of=param).copy_(torch.stack(found))
+                buffer = torch.empty_like(self.params[i])
+                slot.view(buffer).copy_(torch.stack(found))
                 self.buffers[i] = buffer
 
     @torch.no_grad()
     def scatter(self) -> None:
         """The stacked momentum buffers -> each member's optimizer state (what its checkpoint saves)."""
-        for buf, param, members in zip(self.buffers, self.params, self.member_params, strict=True):
+        for buf, slot in zip(self.buffers, self.slots, strict=True):
             if buf is None:
                 continue
-            rows = self.model.member_view(buf, members[0], layout_of=param)
-            for opt, p, row in zip(self.optimizers, members, rows, strict=True):
+            optimizers = self.optimizers[slot.start : slot.start + len(slot.members)]
+            for opt, p, row in zip(optimizers, slot.members, slot.view(buf), strict=True):
                 opt.state[p]["momentum_buffer"] = row.clone()
+
+
+@torch.no_grad()
+def batched_evaluate(
+    model: BatchedMLP, data: Any, batch_size: int, limit: int | None = None
+) -> list[tuple[float, float]]:
+    """Each member's test loss and accuracy in eval mode, as bn_repro.engine.evaluate.evaluate gives them
+    for the member alone (its first `limit` test images when given), from one forward of all members
+    per test batch (the first layer one matmul of the K*out rows)."""
+    was_training = model.training
+    model.eval()
+    labels = data.test_y
+    loss_sum = torch.zeros(model.k, device=labels.device, dtype=torch.float64)
+    correct = torch.zeros(model.k, device=labels.device, dtype=torch.int64)
+    n = len(labels) if limit is None else min(limit, len(labels))
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        y = labels[start:stop].expand(model.k, -1)
+        logits = model(data.normalize(data.test_x[start:stop]), shared=True)  # (K, classes, B)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="none").sum(1)
+        correct += (logits.argmax(1) == y).sum(1)
+    model.train(was_training)
+    return [(loss / n, hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
 
 
 def batched_train_step(
     model: BatchedMLP, optimizer: StackedSGD, x: Tensor, y: Tensor, lrs: Sequence[float]
 ) -> tuple[Tensor, Tensor]:
-    """One step of every member; returns the detached per-member losses (K,) and logits (K, B, classes)."""
+    """One step of every member; returns the detached per-member losses (K,) and logits (K, classes, B)."""
     logits = model(x)
-    k, b = y.shape
-    losses = F.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
+    losses = F.cross_entropy(logits, y, reduction="none").mean(1)  # (K, classes, B) against (K, B)
     optimizer.zero_grad()
     losses.sum().backward()
     optimizer.step(lrs)

@@ -184,9 +184,12 @@ class Session:
             or bool(every_s and time.perf_counter() - self.last_checkpoint >= every_s)
         )
 
-    def after_step(self, step: int, batch, evaluate_now: bool, last: bool) -> None:
-        """The evaluation (when due), then the after-step measurements; one tracker row for the step."""
-        row = self.evaluate(step) if evaluate_now else None
+    def after_step(
+        self, step: int, batch, evaluate_now: bool, last: bool, test: tuple[float, float] | None = None
+    ) -> None:
+        """The evaluation (when due), then the after-step measurements; one tracker row for the step.
+        `test`: the test loss and accuracy when the caller has computed them (a batched group)."""
+        row = self.evaluate(step, test) if evaluate_now else None
         self.measure("after_step", step, batch, last)
         measured, self._pending = self._pending, []
         if row is not None or measured:
@@ -194,13 +197,14 @@ class Session:
         if row is not None:
             self.write_summary("running")
 
-    def evaluate(self, step: int) -> dict[str, Any]:
-        """Test loss and accuracy, and the mean training loss and accuracy since the last evaluation."""
+    def evaluate(self, step: int, test: tuple[float, float] | None = None) -> dict[str, Any]:
+        """Test loss and accuracy (`test` when given), and the mean training loss and accuracy since the
+        last evaluation."""
         run, state, window = self.run, self.state, self.state.window
         window_seconds = time.perf_counter() - window.started
         state.train_time_s += window_seconds
         trainer = self.config["trainer"]
-        test_loss, test_acc = evaluate(
+        test_loss, test_acc = test or evaluate(
             run.model, run.data, trainer["eval_batch_size"], limit=trainer.get("eval_examples")
         )
         nan, replicas = float("nan"), run.replicas

@@ -23,13 +23,16 @@ class TrainEval(Measurement):
     columns = ("train_loss", "train_acc")
 
     def __init__(self, num_examples: int | None = None, eval_batch_size: int = 1000):
-        if num_examples is not None and (isinstance(num_examples, bool) or not isinstance(num_examples, int)
-                                         or num_examples < 1):  # fmt: skip
+        bad = isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1
+        if num_examples is not None and bad:
             raise MeasureConfigError(
-                f"measure.train_eval.num_examples={num_examples!r} is not valid; expected null or an integer >= 1"
+                f"measure.train_eval.num_examples={num_examples!r} is not valid; "
+                "expected null or an integer >= 1"
             )
         self.num_examples, self.eval_batch_size = num_examples, eval_batch_size
 
     def measure(self, ctx: MeasureContext) -> list[dict]:
-        loss, acc = evaluate(ctx.model, ctx.data, self.eval_batch_size, limit=self.num_examples, split="train")
+        loss, acc = evaluate(
+            ctx.model, ctx.data, self.eval_batch_size, limit=self.num_examples, split="train"
+        )
         return [{"train_loss": loss, "train_acc": acc}]
