@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from bn_repro import norms
-from bn_repro.analysis.speedup import find_run_dirs, read_summary
+from bn_repro.analysis.runs_table import find_run_dirs, read_summary
 
 
 def search_rows(search_dir: Path) -> tuple[dict, list[dict]]:

@@ -18,8 +18,6 @@ setting are merged: mean and sample std, the band min-max.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +27,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from bn_repro import norms
+from bn_repro.analysis.runs_table import find_run_dirs, read_summary
+from bn_repro.analysis.stats import mean_std
 from bn_repro.records.run_files import read_csv
 
 EXPERIMENTS = ("gn_batch_size", "brn_small_batch", "brn_non_iid", "ghost_large_batch", "precise_bn")
@@ -49,7 +49,7 @@ class Run:
 
     def __init__(self, run_dir: Path):
         self.dir = run_dir
-        self.summary = json.loads((run_dir / "summary.json").read_text())
+        self.summary = read_summary(run_dir)
         self.config = self.summary.get("config", {})
         self.metrics = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
         path = run_dir / "eval_stats.csv"
@@ -85,26 +85,14 @@ class Run:
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    dirs: set[Path] = set()
-    for path in map(Path, paths):
-        if (path / "summary.json").is_file():
-            dirs.add(path)
-        elif path.is_dir():
-            dirs.update(p.parent for p in path.rglob("summary.json"))
-        else:
-            raise NoRunsError(f"{path} is neither a run dir nor a folder of run dirs")
-    runs = [Run(d) for d in sorted(dirs)]
+    try:
+        runs = [Run(d) for d in find_run_dirs(paths)]
+    except FileNotFoundError as error:
+        raise NoRunsError(str(error)) from error
     runs = [r for r in runs if r.experiment in EXPERIMENTS]
     if not runs:
         raise NoRunsError(f"no runs of {', '.join(EXPERIMENTS)} in {', '.join(map(str, paths))}")
     return runs
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    mean = math.fsum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def pct(values: Sequence[float]) -> str:

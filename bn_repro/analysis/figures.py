@@ -38,7 +38,6 @@ the mean of its seeds down), as speedup.mean_curve does.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from matplotlib.ticker import StrMethodFormatter
 
 from bn_repro import norms
 from bn_repro.analysis import speedup, stats
+from bn_repro.analysis.runs_table import flatten
 from bn_repro.records.run_files import SUMMARY_FILE, measurement_file, read_measurement
 
 DATASET_NAMES = {
@@ -212,19 +212,9 @@ def load_all(paths: Iterable[str | Path]) -> list[RunData]:
 # ---------------------------------------------------------------------------------------------- grouping
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, list) else value
-    return flat
-
-
 def _curve_settings(runs: Sequence[RunData]) -> list[str]:
     """The CURVE_SETTINGS keys whose value is not the same in every run."""
-    flats = [_flatten(r.config) for r in runs]
+    flats = [flatten(r.config) for r in runs]
     keys = sorted({k for f in flats for k in f if k.startswith(CURVE_SETTINGS)})
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
 
@@ -234,7 +224,7 @@ def split_curves(runs: Sequence[RunData], label_of) -> dict[str, list[RunData]]:
     differing = _curve_settings(runs)
     curves: dict[str, list[RunData]] = {}
     for run in runs:
-        flat = _flatten(run.config)
+        flat = flatten(run.config)
         label = label_of(run)
         if differing:
             label += " [" + ", ".join(f"{k}={flat.get(k)}" for k in differing) + "]"

@@ -44,7 +44,6 @@ the `measure.<name>.every` to set; with allow_missing=True that figure is skippe
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +56,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from bn_repro.analysis.figures import PNG_DPI, NoRunsError, Report, RunData, load_all
+from bn_repro.analysis.runs_table import flatten
 from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, measurement_file
 
 __all__ = [
@@ -143,16 +143,6 @@ class Variant:
         return min(self.runs, key=lambda r: r.seed if r.seed is not None else 0)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, list) else value
-    return flat
-
-
 def _differing(flats: Sequence[dict[str, Any]], keep: Callable[[str], bool]) -> list[str]:
     keys = sorted({k for f in flats for k in f if keep(k)})
     return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
@@ -177,7 +167,7 @@ def by_experiment(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
 def variants_of(runs: Sequence[RunData]) -> list[Variant]:
     """The runs of one experiment by variant (module docstring), in the order no BN, BN, noisy BN, others,
     each by lr."""
-    flats = {id(r): _flatten(r.config) for r in runs}
+    flats = {id(r): flatten(r.config) for r in runs}
     several_lrs = len({_lr(r) for r in runs}) > 1
     others = _differing(list(flats.values()), lambda k: k.startswith(SPLIT_SETTINGS) and k != "optim.lr")
     # A norm's own options (e.g. noisy BN's ramp_steps) split the runs of that norm only.

@@ -30,13 +30,14 @@ Inception"):
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bn_repro.analysis.runs_table import find_run_dirs, read_summary
+from bn_repro.analysis.stats import mean_std
 from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, read_csv
 
 BASELINE = "fig2_inception"
@@ -102,16 +103,6 @@ def paper_speedup(experiment_name: str) -> float | None:
     return float(PAPER_IMAGENET["inception"][0]) / float(steps)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample std (None for fewer than two values)."""
-    if not values:
-        return None, None
-    mean = math.fsum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 FIG3_FILE_STEM = "fig3_table"
 
 
@@ -158,23 +149,6 @@ def steps_to_target(steps: Sequence[int], test_acc: Sequence[float], target: flo
 def steps_to_target_per_run(runs: Iterable[Run], target: float) -> list[int | None]:
     """Each run's own first evaluation step at or above target (None where it never is), in order."""
     return [steps_to_target(r.steps, r.test_acc, target) for r in runs]
-
-
-def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Each path that holds a summary.json, and every folder below the others that does."""
-    found: set[Path] = set()
-    for path in map(Path, paths):
-        if (path / SUMMARY_FILE).is_file():
-            found.add(path)
-        elif path.is_dir():
-            found.update(p.parent for p in path.rglob(SUMMARY_FILE))
-        else:
-            raise FileNotFoundError(f"{path} is neither a run dir nor a folder of run dirs")
-    return sorted(found)
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
 
 
 def load_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> Run:
@@ -310,10 +284,10 @@ def fig3_table(
         )
         reached = [s for s in row["steps_to_target_per_seed"] if s is not None]
         row["reached_seeds"] = len(reached)
-        row["steps_to_target_mean"], row["steps_to_target_std"] = _mean_std(reached)
+        row["steps_to_target_mean"], row["steps_to_target_std"] = mean_std(reached)
         if baseline_steps:
-            row["speedup_mean"], row["speedup_std"] = _mean_std([baseline_steps / s for s in reached if s])
-        row["max_acc_mean"], row["max_acc_std"] = _mean_std(row["best_acc_per_seed"])
+            row["speedup_mean"], row["speedup_std"] = mean_std([baseline_steps / s for s in reached if s])
+        row["max_acc_mean"], row["max_acc_std"] = mean_std(row["best_acc_per_seed"])
         rows.append(row)
     return rows
 

@@ -12,7 +12,7 @@ the per-seed difference removes the seed's own luck from the comparison.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy import stats as _scipy_stats
@@ -34,6 +34,16 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
     quantile = float(_scipy_stats.t.ppf(0.5 + confidence / 2, df=len(xs) - 1))
     return mean, quantile * std / math.sqrt(len(xs))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (std None below two values, both None for none): the tables' mean +- std."""
+    if not values:
+        return None, None
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 @dataclass(frozen=True)
