@@ -2,12 +2,16 @@
 
     python scripts/bench_threads.py                          # threads 1 and 2, 0 and 1 busy processes
     python scripts/bench_threads.py --threads 1 2 4 --busy 0 1 2 --seconds 20 --norm custom
+    python scripts/bench_threads.py --threads 2 --wait-policy active passive    # OpenMP's idle threads
 
 Each measurement runs the app's parts and training step (bn_repro/engine/setup.build, train_step) on the
 Fig. 1 MLP for `--seconds` after a warm-up, in a fresh process per thread count (torch's thread pool is
 set once per process), while `--busy` other processes spin on a core each (the "load" of a shared
 machine or of parallel sweep jobs). It reports steps/s and the slowest 1-second window, which shows
 stalls that a mean hides. This is what `trainer.threads=auto` is chosen from (bn_repro/engine/setup.py).
+`--wait-policy` sets OMP_WAIT_POLICY for the run: active (OpenMP's threads spin between parallel regions,
+what torch's OpenMP does unless told) or passive (they sleep; what bn_repro sets for its processes:
+bn_repro/__init__.py).
 """
 
 from __future__ import annotations
@@ -53,12 +57,12 @@ def spin() -> None:
         pass
 
 
-def measure(threads: int, busy: int, seconds: float, data: str, norm: str) -> dict:
+def measure(threads: int, busy: int, seconds: float, data: str, norm: str, wait_policy: str) -> dict:
     spinners = [mp.Process(target=spin, daemon=True) for _ in range(busy)]
     for p in spinners:
         p.start()
     try:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy.upper()}
         out = subprocess.run([sys.executable, "-c", WORKER, str(threads), str(seconds), data, norm],
                              capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
         return json.loads(out.strip().splitlines()[-1])
@@ -77,18 +81,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--data", default="fashion_mnist")
     parser.add_argument("--norm", default="builtin")
+    parser.add_argument("--wait-policy", nargs="+", default=["passive"], choices=["active", "passive"])
     args = parser.parse_args()
     from bench_speedup import _cpu_name  # the same machine description as the other benchmarks
 
     print(f"machine: {_cpu_name()}, {os.cpu_count()} logical CPUs; Fig. 1 MLP, data={args.data}, "
           f"norm={args.norm}, {args.seconds:.0f} s per cell")  # fmt: skip
-    print("| threads | busy processes | steps/s | slowest 1-s window (steps/s) |")
-    print("|---|---|---|---|")
+    print("| threads | OMP_WAIT_POLICY | busy processes | steps/s | slowest 1-s window (steps/s) |")
+    print("|---|---|---|---|---|")
     for busy in args.busy:
         for threads in args.threads:
-            r = measure(threads, busy, args.seconds, args.data, args.norm)
-            cells = f"{r['threads']} | {busy} | {r['steps_per_s']:.0f} | {r['slowest_window']:.0f}"
-            print(f"| {cells} |", flush=True)
+            for policy in args.wait_policy:
+                r = measure(threads, busy, args.seconds, args.data, args.norm, policy)
+                rates = f"{r['steps_per_s']:.0f} | {r['slowest_window']:.0f}"
+                cells = f"{r['threads']} | {policy} | {busy} | {rates}"
+                print(f"| {cells} |", flush=True)
         time.sleep(1)
 
 

@@ -111,16 +111,18 @@ def test_dropout_claims_are_pending_until_their_runs_land(tmp_path):
     assert f"results/{claims.D_DIR}" in claims.markdown(rows, COMMAND)
 
 
-def test_dropout_claims_read_their_runs_once_they_land(tmp_path):
-    # Test accuracy per (norm, dropout): dropout helps the no-BN net, not the BN net; the no-BN net
-    # overfits more (its eval-mode train accuracy is further above its test accuracy).
-    test_acc = {("none", 0.0): 0.80, ("none", 0.2): 0.82, ("none", 0.5): 0.83,
-                ("builtin", 0.0): 0.86, ("builtin", 0.2): 0.86, ("builtin", 0.5): 0.855}  # fmt: skip
-    train_acc = {"none": 0.95, "builtin": 0.90}
-    seeds = (0, 1, 2)
-    for (norm, rate), acc in test_acc.items():
+# Test accuracy per (norm, dropout): dropout helps the no-BN net, not the BN net; the no-BN net overfits
+# more (its eval-mode train accuracy is further above its test accuracy).
+D_TEST_ACC = {("none", 0.0): 0.80, ("none", 0.2): 0.82, ("none", 0.5): 0.83,
+              ("builtin", 0.0): 0.86, ("builtin", 0.2): 0.86, ("builtin", 0.5): 0.855}  # fmt: skip
+D_TRAIN_ACC = {"none": 0.95, "builtin": 0.90}
+
+
+def _dropout_runs(root, seeds=(0, 1, 2)):
+    """Runs of the dropout_fig1 sweep's layout, written by the real writers, under root/D_DIR."""
+    for (norm, rate), acc in D_TEST_ACC.items():
         for seed in seeds:
-            run_dir = tmp_path / claims.D_DIR / f"{norm}_dropout{rate}_seed{seed}"
+            run_dir = root / claims.D_DIR / f"{norm}_dropout{rate}_seed{seed}"
             wobble = 0.001 * seed  # seeds differ a little, the same for every setting
             write_run(run_dir, "dropout_fig1", norm, seed, FIG1_STEPS, [acc + wobble] * len(FIG1_STEPS))
             summary = runs_table.read_summary(run_dir)
@@ -128,9 +130,15 @@ def test_dropout_claims_read_their_runs_once_they_land(tmp_path):
             (run_dir / "summary.json").write_text(json.dumps(summary))
             log = CsvLog(run_dir / measurement_file("train_eval"), ("step", *TrainEval.columns))
             log.write(
-                [{"step": s, "train_loss": 0.1, "train_acc": train_acc[norm] + wobble} for s in FIG1_STEPS]
+                [{"step": s, "train_loss": 0.1, "train_acc": D_TRAIN_ACC[norm] + wobble} for s in FIG1_STEPS]
             )
             log.close()
+    return seeds
+
+
+def test_dropout_claims_read_their_runs_once_they_land(tmp_path):
+    test_acc, train_acc = D_TEST_ACC, D_TRAIN_ACC
+    seeds = _dropout_runs(tmp_path)
     rows = claims.evaluate(tmp_path, DROPOUT)
     by_effect = {row.claim.effect: row for row in rows}
     for rate in (0.2, 0.5):
@@ -147,3 +155,26 @@ def test_dropout_claims_read_their_runs_once_they_land(tmp_path):
         (train_acc["none"] - test_acc["none", 0.0]) - (train_acc["builtin"] - test_acc["builtin", 0.0])
     )
     assert all(math.isclose(v, expected, abs_tol=1e-9) for v in gap.values.values())  # fmt: skip
+
+
+def test_the_dropout_table_gives_each_settings_final_values_and_dropouts_paired_effect(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dropout_table", REPO / "scripts" / "dropout_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seeds = _dropout_runs(tmp_path)
+    table = runs_table.load_runs([tmp_path / claims.D_DIR], files=(runs_table.METRICS, "train_eval"))
+    rows = script.curves(table)
+    text = script.final_table(rows)
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in text.splitlines()[2:]}
+    wobble = 100 * 0.001 * sum(seeds) / len(seeds)  # the seeds' mean offset
+    for (norm, rate), acc in D_TEST_ACC.items():
+        cells = [c.strip() for c in lines[script.NORM_LABELS[norm], f"{rate:g}"].strip("|").split("|")]
+        assert cells[2] == str(len(seeds))
+        assert cells[3].startswith(f"{100 * acc + wobble:.2f} +- ")
+        assert cells[6].startswith(f"{100 * (D_TRAIN_ACC[norm] - acc):.2f} +- ")
+        effect = 100 * (acc - D_TEST_ACC[norm, 0.0])
+        assert cells[7] == ("-" if rate == 0.0 else f"{effect:.2f} +- 0.00")
+    script.figure(rows, tmp_path / "dropout.png")
+    assert (tmp_path / "dropout.png").stat().st_size > 0
