@@ -253,3 +253,30 @@ def test_wandb_sweep_drives_the_same_app():
         config = OmegaConf.to_container(compose_config([*fixed, *args["args_no_hyphens"]]), resolve=True)
         assert (config["norm"]["kind"], config["seed"]) == (norm, seed)
         assert config["logger"]["name"] == "wandb" and config["logger"]["mode"] == "online"
+
+
+def test_batched_members_are_each_their_own_wandb_run(tmp_path, wandb_env):
+    """A batched group with logger=wandb: every member opens its run (all open at once in one process)
+    and logs its own rows to it, named as given, each finished."""
+    from bn_repro.batched import plan, train_group
+    from bn_repro.config import resolve_config
+
+    overrides = [[*SMOKE, *WANDB, "norm=builtin", f"seed={s}"] for s in (0, 1)] + [
+        [*SMOKE, *WANDB, "norm=none", "seed=2"]
+    ]
+    configs = [compose_config(o) for o in overrides]
+    groups, notes = plan([resolve_config(c) for c in configs], max_members=20)
+    assert groups == [[0, 1, 2]] and not notes  # wandb no longer keeps a job out of a group
+    names = [f"member-{k}" for k in range(3)]
+    members = [(c, tmp_path / f"m{k}") for k, c in enumerate(configs)]
+    summaries = train_group(members, names=names)
+    ids = set()
+    for k in range(3):
+        run = only_offline_run(tmp_path / f"m{k}" / "wandb")
+        metrics = read_csv(tmp_path / f"m{k}" / "metrics.csv")
+        assert run.name == names[k] and run.exit_code == 0 and run.config["seed"] == configs[k]["seed"]
+        assert [h["step"] for h in run.history] == [int(r["step"]) for r in metrics]
+        assert [h["test/acc"] for h in run.history] == [float(r["test_acc"]) for r in metrics]
+        assert run.summary_metrics["final_test_acc"] == summaries[k]["final_test_acc"]
+        ids.add(run.id)
+    assert len(ids) == 3

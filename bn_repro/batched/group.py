@@ -43,12 +43,15 @@ def train_group(
     jobs: Sequence[int] | None = None,
     threads: int | None = None,
     lock: bool = True,
+    names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `members` ((config, run dir) pairs whose configs differ only in seed and optim.lr) as one
     batched model; write each member's run files; return their summaries, in order.
 
     `threads`: torch's intra-op threads for the group (None: the members' trainer.threads). `lock`:
-    claim each run dir's lock here (False: the caller holds them, as the batched launcher does)."""
+    claim each run dir's lock here (False: the caller holds them, as the batched launcher does). `names`:
+    each member's wandb run name (default: from its config); with logger=wandb each member is its own
+    wandb run, all open at once in this process."""
     configs = [resolve_config(config) for config, _ in members]
     memory.keep_freed_memory()  # a step's buffers reused from the heap, not page-faulted in again
     claims: list[Claim] = []
@@ -63,7 +66,8 @@ def train_group(
                 if claim.action == "finished":
                     results[k] = {**claim.summary, "skipped": True}  # type: ignore[dict-item]
                 else:
-                    sessions[k] = Session(configs[k], claim.run_dir, claim)
+                    name = names[k] if names is not None else None
+                    sessions[k] = Session(configs[k], claim.run_dir, claim, name, concurrent_tracking=True)
             if threads is not None:
                 torch.set_num_threads(threads)
             jobs = list(jobs) if jobs is not None else list(range(len(members)))

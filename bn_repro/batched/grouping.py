@@ -51,9 +51,6 @@ def unbatchable_reason(config: Mapping[str, Any]) -> str | None:
         return "trainer.compile=true: the batched model is not compiled"
     if trainer["precision"] == "bf16" or (trainer["precision"] == "auto" and _cuda(trainer["device"])):
         return "bf16 autocast: batched members train in float32"
-    logger = config.get("logger") or {"name": "none"}
-    if logger["name"] != "none" and logger.get("mode") != "disabled":
-        return f"logger={logger['name']}: one process holds one wandb run at a time"
     return None
 
 

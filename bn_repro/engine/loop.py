@@ -66,7 +66,15 @@ def train(cfg: DictConfig | dict, run_dir: Path, claim: Claim | None = None) -> 
 class Session:
     """One run: its parts, its state, and where its rows go."""
 
-    def __init__(self, config: dict[str, Any], run_dir: Path, claim: Claim | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        run_dir: Path,
+        claim: Claim | None = None,
+        tracker_name: str | None = None,
+        concurrent_tracking: bool = False,
+    ):
+        """`tracker_name`, `concurrent_tracking`: a batched group's members' wandb runs (open_tracker)."""
         started = time.perf_counter()
         self.config, self.run_dir = config, run_dir
         replicas = distributed.init_replicas()
@@ -91,7 +99,12 @@ class Session:
         self.log = RunLog(run_dir, [s.measurement for s in self.measurements], enabled=replicas.is_main)
         # logger=wandb mirrors the run into one wandb run (rank 0 only); finished in close().
         self.tracker = open_tracker(
-            config, run_dir, enabled=replicas.is_main, resume=claim.action == "resume"
+            config,
+            run_dir,
+            enabled=replicas.is_main,
+            resume=claim.action == "resume",
+            name=tracker_name,
+            concurrent=concurrent_tracking,
         )
         self.facts["wandb"] = self.tracker.info()
         self.facts["setup_s"] = round(time.perf_counter() - started, 3)

@@ -230,14 +230,21 @@ def previous_run_id(run_dir: Path) -> str | None:
 
 
 def open_tracker(
-    config: Mapping[str, Any], run_dir: Path, enabled: bool = True, resume: bool = False
+    config: Mapping[str, Any],
+    run_dir: Path,
+    enabled: bool = True,
+    resume: bool = False,
+    name: str | None = None,
+    concurrent: bool = False,
 ) -> NullTracker:
     """Start the tracker the resolved `config` asks for; its files go under `run_dir`.
 
     `enabled=False` (e.g. on DDP ranks other than 0) gives a tracker that logs nothing. `resume=True`
     (a job resumed from its checkpoint) continues the wandb run the job started before, if any, so a job
     stays one run. The returned tracker is also a context manager that finishes the run, marked failed
-    when an exception escapes.
+    when an exception escapes. `name`: the run's name (default: run_name, from the Hydra job's overrides).
+    `concurrent=True`: the run is one of several open in this process at once (the members of a batched
+    group, each its own wandb run), so opening it leaves the others open.
     """
     logger_cfg = config.get("logger") or {"name": "none"}
     if not enabled or logger_cfg["name"] == "none" or logger_cfg["mode"] == "disabled":
@@ -256,15 +263,15 @@ def open_tracker(
             group=logger_cfg["group"] or config["experiment_name"],
             job_type=logger_cfg["job_type"],
             tags=list(logger_cfg["tags"]),
-            name=run_name(config, hydra_task_overrides()),
+            name=name or run_name(config, hydra_task_overrides()),
             id=previous_run_id(run_dir) if resume else None,
             resume="allow" if resume else None,
             config=dict(config),
             dir=str(run_dir),
             mode=mode,
             # One run per job: a run left open in this process (the basic launcher runs jobs in turn
-            # in one process) is finished, never continued.
-            reinit="finish_previous",
+            # in one process) is finished, never continued; a batched group's members run side by side.
+            reinit="create_new" if concurrent else "finish_previous",
             settings=wandb.Settings(init_timeout=logger_cfg["init_timeout_s"]),
         )
         if run.sweep_id:

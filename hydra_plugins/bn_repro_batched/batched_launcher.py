@@ -7,7 +7,7 @@ members of one batched model per group, inside one process per group (bn_repro/b
 
 Each member is its job: the same job dir, .hydra/ files, job log and run files as under the basic
 launcher, and the same return value for sweepers. Jobs that cannot be batched (bn_repro.batched.
-unbatchable_reason: other models or norms, DDP, wandb, ...) or that have no job to share a model with
+unbatchable_reason: other models or norms, DDP, dropout, ...) or that have no job to share a model with
 run here as ordinary jobs, one after another, each with a one-line note saying why.
 
 This process claims every member's run dir (bn_repro/engine/run_dir.py: the lock, and the checks,
@@ -223,10 +223,15 @@ class BatchedLauncher(Launcher):
                 handler.setFormatter(formatter)
                 root.addHandler(handler)
                 handlers.append(handler)
+            from bn_repro.records.tracking import run_name
+
             specs = [
-                ([(jobs[i].resolved, jobs[i].run_dir) for i in group], g, [jobs[i].num for i in group])
+                (
+                    [(jobs[i].resolved, jobs[i].run_dir) for i in group], g, [jobs[i].num for i in group],
+                    [run_name(jobs[i].resolved, jobs[i].overrides) for i in group],  # their wandb runs' names
+                )
                 for g, group in enumerate(groups)
-            ]
+            ]  # fmt: skip
             threads = [_threads(jobs[group[0]].resolved, workers) for group in groups]
             if workers == 1:
                 outcomes = [_outcome(*spec, threads=t) for spec, t in zip(specs, threads, strict=True)]
@@ -263,13 +268,14 @@ def _threads(config: dict[str, Any], workers: int) -> int:
     return max(1, cores() // workers) if threads == "auto" else int(threads)
 
 
-def _outcome(members, group: int, jobs: list[int], threads: int):
+def _outcome(members, group: int, jobs: list[int], names: list[str], threads: int):
     """(summaries, None) or (None, the exception) for one group."""
     from bn_repro.batched import train_group
 
     try:
         # This launcher's process holds the members' locks (_run_groups).
-        return train_group(members, group=group, jobs=jobs, threads=threads, lock=False), None
+        summaries = train_group(members, group=group, jobs=jobs, threads=threads, lock=False, names=names)
+        return summaries, None
     except Exception as error:
         log.error(f"batched group {group} (jobs {jobs}) failed: {type(error).__name__}: {error}")
         return None, error
