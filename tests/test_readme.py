@@ -243,8 +243,27 @@ def _at_chance(row: dict[str, str]) -> bool:
 
 WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
+
 # (README phrase with one group per stated number, its sources in group order)
+def ledger_count(what: str) -> Computed:
+    """A count of results/CLAIMS.md's summary line: `what` is "claims" or a verdict."""
+
+    def count() -> str:
+        line = Line("results/CLAIMS.md", " claims: ").text()
+        found = re.search(rf"(\d+) {re.escape(what)}(?:[,;.*: ]|$)", line)
+        assert found, f"no count of {what!r} in {line!r}"
+        return found.group(1)
+
+    return Computed(f"results/CLAIMS.md: the count of {what}", count)
+
+
 CLAIMS: list[tuple[str, tuple]] = [
+    # the claims ledger's summary line
+    (r"\*\* (\d+) claims of the BN paper and its follow-ups tested on the committed runs",
+     (ledger_count("claims"),)),
+    (r"rule stated at its top: (\d+) hold, (\d+) hold in kind, (\d+) not reproduced, (\d+) opposite",
+     (ledger_count("holds"), ledger_count("holds in kind"), ledger_count("not reproduced"),
+      ledger_count("opposite"))),
     # the headline (Fig. 1, momentum, 10 seeds)
     (rf"ends at ({PM}) test accuracy against ({PM}) without",
      (Cell(F1M, "BN (builtin)", "final test acc"), Cell(F1M, "no BN", "final test acc"))),
