@@ -95,12 +95,41 @@ def matmul_rate(shapes: list[tuple[int, int, int]], threads: int, seconds: float
     return best
 
 
+def first_layer_weight_gradient(members: int = 10, seconds: float = 2.0) -> dict[str, float]:
+    """FLOP/s of the first layer's weight gradient of `members` batched members on 1 thread, in the two
+    layouts: x^T g (activations laid out (K, B, features), the weights (K, in, out): the batched model
+    before) and g x^T ((K, features, B), the weights as the members hold them: now), best of 3."""
+    import torch
+
+    torch.set_num_threads(1)
+    x = torch.randn(members, BATCH, INPUTS)  # the gathered batch, as both layouts read it
+    g_rows = torch.randn(members, BATCH, HIDDEN[0])  # the output gradient, (K, B, out)
+    g_cols = g_rows.transpose(1, 2).contiguous()  # (K, out, B)
+    ways = {"x^T g": lambda: torch.bmm(x.transpose(1, 2), g_rows), "g x^T": lambda: torch.bmm(g_cols, x)}
+    flops = 2 * members * BATCH * INPUTS * HIDDEN[0]
+    rates = {}
+    for name, call in ways.items():
+        best = 0.0
+        for _ in range(3):
+            call()
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 3:
+                call()
+                calls += 1
+            best = max(best, calls * flops / (time.perf_counter() - start))
+        rates[name] = best
+    return rates
+
+
 def limits() -> dict[str, float]:
     square = [(1024, 1024, 1024)]
+    layouts = first_layer_weight_gradient()
     return {
         "sgemm_1": matmul_rate(square, 1),
         "sgemm_all": matmul_rate(square, cores()),
         "step_shapes_1": matmul_rate(step_matmuls(), 1),
+        "wgrad_old_layout_1": layouts["x^T g"],
+        "wgrad_new_layout_1": layouts["g x^T"],
     }
 
 
@@ -178,6 +207,10 @@ def table(rows: list[dict], rates: dict[str, float], args) -> str:
         f"{rates['sgemm_1'] / 1e9:.1f} GFLOP/s on 1 thread ({rates['sgemm_all'] / 1e9:.1f} on {cores()}), "
         f"at the step's own shapes {rates['step_shapes_1'] / 1e9:.1f} GFLOP/s on 1 thread: a limit of "
         f"{limit:,.0f} model-steps/s on {cores()} cores ({shaped:,.0f} at the step's shapes).",
+        "The first layer's weight gradient of 10 batched members, 1 thread: "
+        f"{rates['wgrad_new_layout_1'] / 1e9:.1f} GFLOP/s as g x^T (activations (K, features, B), the "
+        "batched model now) against "
+        f"{rates['wgrad_old_layout_1'] / 1e9:.1f} as x^T g (activations (K, B, features), before).",
         "",
         "| way | processes x threads | wall (s) | model-steps/s | per core | per core vs plain loops "
         "| of the limit | of the limit at the step's shapes | vs parallel (same cores) |",

@@ -9,9 +9,9 @@ Fig. 1 MLP for `--seconds` after a warm-up, in a fresh process per thread count 
 set once per process), while `--busy` other processes spin on a core each (the "load" of a shared
 machine or of parallel sweep jobs). It reports steps/s and the slowest 1-second window, which shows
 stalls that a mean hides. This is what `trainer.threads=auto` is chosen from (bn_repro/engine/setup.py).
-`--wait-policy` sets OMP_WAIT_POLICY for the run: active (OpenMP's threads spin between parallel regions,
-what torch's OpenMP does unless told) or passive (they sleep; what bn_repro sets for its processes:
-bn_repro/__init__.py).
+`--wait-policy` sets how OpenMP's idle threads wait between parallel regions: default (libgomp's: spin a
+while, then sleep), active (OMP_WAIT_POLICY: they spin), passive (they sleep at once) or spinN
+(GOMP_SPINCOUNT=N: libgomp spins N times, then sleeps).
 """
 
 from __future__ import annotations
@@ -57,12 +57,23 @@ def spin() -> None:
         pass
 
 
+def wait_env(policy: str) -> dict[str, str]:
+    """active | passive: OMP_WAIT_POLICY; spinN: libgomp's GOMP_SPINCOUNT=N (spin N times, then sleep);
+    default: neither (libgomp spins a while, then sleeps)."""
+    if policy == "default":
+        return {}
+    if policy.startswith("spin"):
+        return {"GOMP_SPINCOUNT": policy[len("spin") :]}
+    return {"OMP_WAIT_POLICY": policy.upper()}
+
+
 def measure(threads: int, busy: int, seconds: float, data: str, norm: str, wait_policy: str) -> dict:
     spinners = [mp.Process(target=spin, daemon=True) for _ in range(busy)]
     for p in spinners:
         p.start()
     try:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy.upper()}
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        env.update({"OMP_NUM_THREADS": str(threads), **wait_env(wait_policy)})
         out = subprocess.run([sys.executable, "-c", WORKER, str(threads), str(seconds), data, norm],
                              capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
         return json.loads(out.strip().splitlines()[-1])
@@ -70,6 +81,13 @@ def measure(threads: int, busy: int, seconds: float, data: str, norm: str, wait_
         for p in spinners:
             p.terminate()
             p.join()
+
+
+def _policy(text: str) -> str:
+    spin_count = text[len("spin") :] if text.startswith("spin") else ""
+    if text in ("default", "active", "passive") or spin_count.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected default, active, passive or spinN (e.g. spin10000)")
 
 
 def main() -> None:
@@ -81,7 +99,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--data", default="fashion_mnist")
     parser.add_argument("--norm", default="builtin")
-    parser.add_argument("--wait-policy", nargs="+", default=["passive"], choices=["active", "passive"])
+    parser.add_argument("--wait-policy", nargs="+", default=["default"], type=_policy,
+                        help="default, active, passive, or spinN (GOMP_SPINCOUNT=N)")  # fmt: skip
     args = parser.parse_args()
     from bench_speedup import _cpu_name  # the same machine description as the other benchmarks
 

@@ -230,27 +230,30 @@ class StackedSGD:
 
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
-        same = all(lr == lrs[0] for lr in lrs)
-        scale = None if same else torch.tensor(lrs, dtype=self.params[0].dtype, device=self.params[0].device)
-        for i, (slot, param) in enumerate(zip(self.slots, self.params, strict=True)):
-            grad = param.grad
-            if self.weight_decay != 0:
-                grad = grad.add(param, alpha=self.weight_decay)
-            if self.momentum != 0:
-                buf = self.buffers[i]
-                if buf is None:
-                    buf = self.buffers[i] = grad.detach().clone()
-                else:
-                    buf.mul_(self.momentum).add_(grad)
-                grad = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
-            if same:
-                param.add_(grad, alpha=-lrs[0])
+        """torch.optim.SGD's update with its foreach ops (one call for all tensors where torch's CPU
+        path loops over them per tensor: the same arithmetic per element, fewer dispatches)."""
+        grads = [p.grad for p in self.params]
+        if self.weight_decay != 0:
+            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
+        if self.momentum != 0:
+            if self.buffers[0] is None:  # the first step: every buffer starts as its gradient
+                self.buffers = [g.detach().clone() for g in grads]
             else:
-                count = len(slot.members)
-                rows = param.view(count, -1)
-                rows.addcmul_(
-                    grad.view(count, -1), scale[slot.start : slot.start + count].unsqueeze(1), value=-1
-                )
+                torch._foreach_mul_(self.buffers, self.momentum)
+                torch._foreach_add_(self.buffers, grads)
+            grads = (
+                torch._foreach_add(grads, self.buffers, alpha=self.momentum)
+                if self.nesterov
+                else self.buffers
+            )
+        if all(lr == lrs[0] for lr in lrs):
+            torch._foreach_add_(self.params, grads, alpha=-lrs[0])
+            return
+        scale = torch.tensor(lrs, dtype=self.params[0].dtype, device=self.params[0].device)
+        for slot, param, grad in zip(self.slots, self.params, grads, strict=True):
+            count = len(slot.members)
+            rows = param.view(count, -1)
+            rows.addcmul_(grad.view(count, -1), scale[slot.start : slot.start + count].unsqueeze(1), value=-1)
 
     def _member_buffers(self, slot: _Slot) -> list[Tensor | None]:
         optimizers = self.optimizers[slot.start : slot.start + len(slot.members)]

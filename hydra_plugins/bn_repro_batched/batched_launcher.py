@@ -263,9 +263,12 @@ def _task_config(config: DictConfig) -> DictConfig:
 
 
 def _threads(config: dict[str, Any], workers: int) -> int:
-    """trainer.threads=auto: the cores shared among the group processes; a count is kept."""
+    """trainer.threads=auto: one thread per group process, as for any run (engine/setup.py); a count is
+    kept. A second thread gained nothing on an idle 2-core machine (a batched group of 20 on 2 threads
+    against two groups of 10 on 1 each: results/bench_sweep_cpu.md) and collapses beside a busy process
+    (results/bench_threads_cpu.md); more cores are used by more group processes (groups=auto)."""
     threads = config["trainer"]["threads"]
-    return max(1, cores() // workers) if threads == "auto" else int(threads)
+    return 1 if threads == "auto" else int(threads)
 
 
 def _outcome(members, group: int, jobs: list[int], names: list[str], threads: int):

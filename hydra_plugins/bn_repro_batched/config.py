@@ -15,7 +15,7 @@ class BatchedLauncherConf:
     # At most this many members per batched model; a larger group is split into equal parts.
     max_members: int = 20
     # Group processes run at once: auto (one per core) or a count; 1 runs the groups one after another in
-    # this process. With trainer.threads=auto each process takes cores // processes intra-op threads.
+    # this process. With trainer.threads=auto each process takes one intra-op thread.
     groups: Any = "auto"
 
 
