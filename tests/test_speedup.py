@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+import statistics
 import subprocess
 import sys
 
@@ -228,3 +229,37 @@ def test_cpu_family_and_paper_family_are_separate_figures(tmp_path):
     report = make_figures([tmp_path / "runs"], tmp_path / "out")
     names = {p.name for p in report.written}
     assert {"fig3_table_fashion_mnist.md", "fig3_table_cpu_scale_fashion_mnist.md"} <= names
+
+
+def test_kernel_spread_pairs_each_rerun_with_its_reference_and_sets_it_beside_the_seeds(tmp_path):
+    """scripts/kernel_spread.py: re-runs inside the reference folder are paired, not counted as seeds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kernel_spread", REPO / "scripts" / "kernel_spread.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    root = tmp_path / "fig2cpu"
+    for seed, accs in BASELINE_SEEDS.items():
+        _write_run(root, f"inception{seed}", "fig2cpu_inception", seed, accs)
+    _write_run(root, "x5_0", "fig2cpu_bn_x5", 0, FAST)
+    _write_run(root, "x5_1", "fig2cpu_bn_x5", 1, NEVER)
+    # The re-run of BN-x5 seed 0: 2 points lower at every evaluation, so it reaches the target later.
+    rerun = [a - 0.02 for a in FAST]
+    _write_run(root / "portable", "x5_0", "fig2cpu_bn_x5", 0, rerun)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "kernel_spread.py"), str(root), str(root / "portable"),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = (out / "kernel_spread.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| fig2cpu_bn_x5 | 1 | 2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][3:]
+    # first evaluation: |68 - 70| = 2 points against the seeds' std of (70, 50); final: 2 against (84, 72)
+    assert cells[0] == f"2.00 / {statistics.stdev([70.0, 50.0]):.2f}"
+    assert cells[1] == f"2.00 / {statistics.stdev([84.0, 72.0]):.2f}"
+    # the target (0.795) is reached at step 3000 (0.82) by the reference and 3000 (0.80) by the re-run
+    assert cells[3].startswith("0.00 / ")
+    assert "| fig2cpu_bn_x5 | 0 | 70.00 -> 68.00 | 84.00 -> 82.00 | 84.00 -> 82.00 | 3,000 -> 3,000 |" in text
+    assert script.MEASURES[0] in text
