@@ -60,11 +60,24 @@ def table(by_norm: dict[str, list[RunData]], name: str, columns: Sequence[str], 
     return "\n".join(lines) + "\n"
 
 
-def figure(by_norm: dict[str, list[RunData]], out: Path) -> Path:
+def jacobian_map(runs: Sequence[RunData]) -> str:
+    """The map whose Jacobian the runs measured (measure.jacobian.output): dz/du or dBN(Wu)/du."""
+    outputs = {
+        r.summary.get("config", {}).get("measure", {}).get("jacobian", {}).get("output", "activation")
+        for r in runs
+    }
+    if len(outputs) != 1:
+        raise SystemExit(
+            f"the runs measured different Jacobians (measure.jacobian.output: {sorted(outputs)})"
+        )
+    return {"activation": "dz/du", "pre_activation": "dBN(Wu)/du"}[outputs.pop()]
+
+
+def figure(by_norm: dict[str, list[RunData]], out: Path, jacobian: str = "dz/du") -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for name, column, ax, title in (
         ("scale", "effective_step", axes[0], "effective step ||dW|| / ||W||"),
-        ("jacobian", "p50", axes[1], "median singular value of dz/du"),
+        ("jacobian", "p50", axes[1], f"median singular value of {jacobian}"),
     ):
         for norm, style in zip(by_norm, ("--", "-"), strict=False):
             runs = by_norm[norm]
@@ -96,14 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     max_steps = max(r.max_steps for r in runs)
     steps = sorted({s for s in (500, max_steps // 10, max_steps // 2, max_steps) if s > 0})
     args.out.mkdir(parents=True, exist_ok=True)
+    jacobian = jacobian_map(runs)
     text = (
         f"# Scale and Jacobians over training ({len(runs)} runs; mean +- 95% t-interval over seeds (n))\n\n"
         f"## measure.scale\n\n{table(by_norm, 'scale', SCALE, steps)}\n"
-        f"## measure.jacobian (singular values of each example's dz/du)\n\n"
+        f"## measure.jacobian (singular values of each example's {jacobian})\n\n"
         f"{table(by_norm, 'jacobian', JACOBIAN, steps)}"
     )
     (args.out / "scale_jacobian.md").write_text(text)
-    print(f"wrote {args.out / 'scale_jacobian.md'} and {figure(by_norm, args.out)}")
+    print(f"wrote {args.out / 'scale_jacobian.md'} and {figure(by_norm, args.out, jacobian)}")
     return 0
 
 

@@ -52,3 +52,19 @@ def test_runs_that_did_not_finish_are_left_out(tmp_path, status):
     script.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     text = (tmp_path / "out" / "scale_jacobian.md").read_text()
     assert "| no BN | hidden1 | 500 | 1 (1) | 1 (1) | 1 (1) | 1 (1) |" in text  # the finished seed alone
+
+
+def test_the_jacobians_map_is_named_from_the_runs_config(tmp_path):
+    import json
+
+    for seed in (0, 1):
+        run_dir = tmp_path / "runs" / f"r{seed}"
+        write_run(run_dir, norm="builtin", momentum=0.9, init_std=0.01, lr=0.01, seed=seed, accs=[0.1] * 5)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["config"]["measure"] = {"jacobian": {"output": "pre_activation"}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        _measured(run_dir, "scale", script.SCALE, lambda step, layer: 1.0)
+        _measured(run_dir, "jacobian", script.JACOBIAN, lambda step, layer: 1.0)
+    script.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "scale_jacobian.md").read_text()
+    assert "singular values of each example's dBN(Wu)/du" in text and "dz/du" not in text
