@@ -331,6 +331,15 @@ def jacobian_towards_one(study: Study) -> Effect:
     return Effect(effect.values, effect.seeds, paper=-float(logs["none"].mean()))
 
 
+def jacobian_distance_to_one(study: Study) -> Effect:
+    """|log10| of the hidden layers' median Jacobian singular value at the last step (mean over layers):
+    no BN's minus BN's, per seed (positive: BN's singular values are nearer 1, from either side)."""
+    rows = _scale_rows(study, "jacobian", "p50")
+    rows = rows[rows["step"] == rows["step"].max()]
+    logs = rows.assign(value=np.log10(rows["value"]).abs()).groupby(["norm.kind", "seed"])["value"].mean()
+    return paired(logs["none"].to_dict(), logs["builtin"].to_dict())
+
+
 # ---------------------------------------------------------------------------------------------- section 3.4
 
 
@@ -550,6 +559,10 @@ G_CMD = f"python scripts/lr_init_grid.py results/{G_DIR}/runs --out results/{G_D
 G_SETUP = "Fig. 1 MLP, Fashion-MNIST, 10k steps, 7 lrs x 4 init stds, 5 seeds"
 J_DIR = "scale_jacobian_fashion_mnist"
 J_CMD = f"python scripts/scale_jacobian.py results/{J_DIR}/runs --out results/{J_DIR}/figures"
+J_PRE_CMD = (
+    f"python scripts/scale_jacobian.py results/{J_DIR}/pre_activation/runs "
+    f"--out results/{J_DIR}/pre_activation/figures"
+)
 D_DIR = "dropout_fig1_fashion_mnist"
 D_SETUP = f"{FIG1}, dropout after each hidden layer, 5 seeds"
 D_CMD = f"python scripts/dropout_table.py results/{D_DIR}/runs --out results/{D_DIR}/figures"
@@ -578,6 +591,10 @@ def section_3_claims() -> list[Claim]:
         Claim(BN, "BN may lead the layer Jacobians to have singular values close to 1 (section 3.3)", setup,
               (f"{J_DIR}/runs",), jacobian_towards_one, "log10 median singular value, BN - no BN", J_CMD,
                   figure),
+        Claim(BN, "... close to 1, for the map between normalised vectors u -> BN(Wu) (section 3.3)", setup,
+              (f"{J_DIR}/pre_activation/runs",), jacobian_distance_to_one,
+              "|log10 median singular value| of dBN(Wu)/du, no BN - BN", J_PRE_CMD,
+              f"{J_DIR}/pre_activation/figures/scale_jacobian.png"),
     ]  # fmt: skip
     for rate in (0.2, 0.5):
         claims.append(Claim(BN, "BN reduces the need for dropout (section 3.4)", D_SETUP, (D_DIR,),
