@@ -88,6 +88,7 @@ def test_outputs_have_the_documented_columns(norm, tmp_path, smoke_overrides):
     provenance = on_disk["provenance"]
     assert provenance["dataset"] == "synthetic" and len(provenance["dataset_checksum"]) == 64
     assert provenance["torch_version"] == torch.__version__ and provenance["device"] == "cpu"
+    assert provenance["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert on_disk["config"]["norm"]["kind"] == ("custom" if norm == "custom_explicit" else norm)
     assert ("final_test_acc_population_stats" in on_disk) == (norm != "none")
 

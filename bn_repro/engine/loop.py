@@ -315,6 +315,9 @@ class Session:
                 "git_commit": git_commit(),
                 "torch_version": torch.__version__,
                 "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+                # The CPU kernels torch chose (AVX512, AVX2, DEFAULT, ...): they round differently, and the
+                # small conv nets' curves depend on it (results/README.md, the kernel spread of fig2cpu).
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "dataset": run.data.name,
                 "dataset_source": run.data.source,
                 "dataset_checksum": run.data.checksum,
