@@ -68,19 +68,25 @@ def spread_table(reference: list[Run], reruns: list[Run]) -> str:
                      if numbers(a, target)[i] is not None and numbers(b, target)[i] is not None]  # fmt: skip
             seeds = [numbers(r, target)[i] for r in runs if r.status == "finished"]
             _, std = mean_std([v for v in seeds if v is not None])
-            kernel = f"{math.fsum(diffs) / len(diffs):.2f}" if diffs else "-"
-            cells.append(f"{kernel} / {'-' if std is None else f'{std:.2f}'}")
+            digits = 0 if MEASURES[i].startswith("steps") else 2  # steps are whole evaluations apart
+            kernel = f"{math.fsum(diffs) / len(diffs):.{digits}f}" if diffs else "-"
+            cells.append(f"{kernel} / {'-' if std is None else f'{std:.{digits}f}'}")
         lines.append(f"| {name} | {len(pairs)} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += ["", "Each pair (reference -> re-run):", ""]
-    lines += ["| variant | seed | " + " | ".join(MEASURES) + " |", "|---|---|" + "---|" * len(MEASURES)]
-    for r in sorted(reruns, key=lambda r: (r.experiment_name, r.seed)):
+    lines += [
+        "| variant | seed | re-run (its folder) | " + " | ".join(MEASURES) + " |",
+        "|---|---|---|" + "---|" * len(MEASURES),
+    ]
+    for r in sorted(reruns, key=lambda r: (r.experiment_name, r.seed, str(r.run_dir))):
         a = by_key.get((r.experiment_name, r.seed))
         if a is None:
             continue
         pairs = [
             f"{_fmt(x)} -> {_fmt(y)}" for x, y in zip(numbers(a, target), numbers(r, target), strict=True)
         ]
-        lines.append(f"| {r.experiment_name} | {r.seed} | " + " | ".join(pairs) + " |")
+        lines.append(
+            f"| {r.experiment_name} | {r.seed} | {r.run_dir.parent.name} | " + " | ".join(pairs) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
