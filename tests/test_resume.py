@@ -66,27 +66,31 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, mon
     assert_same_run(whole, tmp_path)
 
 
-def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_matches(tmp_path, monkeypatch, whole):
+@pytest.mark.parametrize(("evaluation", "step"), [(4, 15), (1, 0)])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_matches(
+    tmp_path, monkeypatch, whole, evaluation, step
+):
     """SIGTERM mid-run (here sent by the process to itself at an evaluation): status interrupted, a
-    checkpoint at that very step, no extra row; the resume completes the twin."""
+    checkpoint at that very step, no extra row; the resume completes the twin. Also at the step-0
+    evaluation, before any training step: the resumed run does not evaluate step 0 again."""
     import bn_repro.engine.loop as loop
 
     real, calls = loop.evaluate, []
 
     def signalled(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:  # the evaluation at step 15
+        if len(calls) == evaluation:  # the evaluation at `step`
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(loop, "evaluate", signalled)
     stopped = train(compose_config(RESUMABLE), tmp_path)
     monkeypatch.setattr(loop, "evaluate", real)
-    assert stopped["status"] == "interrupted" and stopped["steps"] == 15
+    assert stopped["status"] == "interrupted" and stopped["steps"] == step
     assert stopped["interrupted_by"] == "SIGTERM"
-    assert read_csv(tmp_path / "metrics.csv")[-1]["step"] == "15"
+    assert read_csv(tmp_path / "metrics.csv")[-1]["step"] == str(step)
     resumed = train(compose_config(RESUMABLE), tmp_path)
-    assert resumed["resumed_from_step"] == 15 and resumed["status"] == "finished"
+    assert resumed["resumed_from_step"] == step and resumed["status"] == "finished"
     assert_same_run(whole, tmp_path)
 
 

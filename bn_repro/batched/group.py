@@ -102,7 +102,7 @@ def _fit(sessions: list[Session], statuses: dict[int, str]) -> None:
     max_steps = sessions[0].config["trainer"]["max_steps"]
     for session in sessions:
         session.loop_start = time.perf_counter() - session.state.wall_time_s
-        if session.state.step == 0:
+        if session.state.step == 0 and session.state.final_test_acc is None:  # not again on a resume
             session.after_step(0, None, evaluate_now=True, last=False)
         session.run.net.train()
     pending = [s for s in sessions if not s.state.diverged and s.state.step < max_steps]

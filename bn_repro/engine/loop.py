@@ -126,7 +126,7 @@ class Session:
     def fit(self) -> str:
         run, state, trainer = self.run, self.state, self.config["trainer"]
         max_steps = trainer["max_steps"]
-        if state.step == 0:
+        if state.step == 0 and state.final_test_acc is None:  # not when resumed after step 0's evaluation
             self.after_step(0, None, evaluate_now=True, last=False)
         run.net.train()
         for step in range(state.step + 1, max_steps + 1):
