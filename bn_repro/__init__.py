@@ -1,2 +1,1 @@
 """bn-repro: reproduce and extend Batch Normalization (Ioffe & Szegedy, 2015)."""
-
