@@ -102,15 +102,13 @@ class BatchedHidden(nn.Module):
         if h.dim() == 2:  # (in, B), one input for every member (an evaluation): one matmul for all
             k, out, inputs = self.weight.shape
             h = (self.weight.view(k * out, inputs) @ h).view(k, out, -1)
-            parts = [segment(h[segment.start : segment.stop]) for segment in self.segments]
-            return self.act(parts[0] if len(parts) == 1 else torch.cat(parts))
-        if len(self.segments) == 1 and self.segments[0].norm is None and self.segments[0].bias is not None:
-            h = torch.baddbmm(self.segments[0].bias.unsqueeze(2), self.weight, h)  # as nn.Linear's addmm
+        elif len(self.segments) == 1 and self.segments[0].norm is None and self.segments[0].bias is not None:
+            # No norm anywhere: the bias inside the matmul, as nn.Linear's addmm.
+            return self.act(torch.baddbmm(self.segments[0].bias.unsqueeze(2), self.weight, h))
         else:
             h = torch.bmm(self.weight, h)
-            parts = [segment(h[segment.start : segment.stop]) for segment in self.segments]
-            h = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return self.act(h)
+        parts = [segment(h[segment.start : segment.stop]) for segment in self.segments]
+        return self.act(parts[0] if len(parts) == 1 else torch.cat(parts))
 
     def slots(self, members: Sequence[nn.Module]) -> list[_Slot]:
         out = [_Slot(self.weight, [m.linear.weight for m in members], 0)]
