@@ -6,18 +6,19 @@ A claim is a `Claim`: the paper and its words in short, our setup, the run dirs 
 a `measure` from those runs to an `Effect` (one number per seed, oriented so that the paper predicts its
 sign), the command that draws the study's figure and the figure. The measures reuse the numbers the
 study's own tables compute (bn_repro/analysis/<study>.py), read from the runs table where the table is
-the natural source. A claim whose run dirs are absent is listed as pending; adding one is one entry in
-`CLAIMS` (e.g. a study that lands later: its dirs appear, its rows follow).
+the natural source. A claim whose run dirs are absent is listed as pending; adding one is one row in its
+family's table below (e.g. a study that lands later: its dirs appear, its rows follow).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property, wraps
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bn_repro.analysis import crossings, figures, lr_init_grid, runs_table, santurkar, speedup
 from bn_repro.analysis.batch_effects import GN_PAPER
@@ -98,70 +99,75 @@ class Study:
         return figures.load_all(self.dirs)
 
 
+def parametrized(measure: Callable[..., Effect]):
+    """`measure(study, *args)` as the maker of a claim's measure: `measure(*args)` is the measure."""
+
+    @wraps(measure)
+    def with_args(*args, **kwargs) -> Callable[[Study], Effect]:
+        return lambda study: measure(study, *args, **kwargs)
+
+    return with_args
+
+
 def finished(runs):
     return runs[runs["status"] == "finished"]
 
 
-def by_seed(rows, column: str) -> dict[int, float]:
-    return runs_table.per_seed(rows, column)
-
-
-def paired(
-    a: dict[int, float], b: dict[int, float], scale: float = 1.0, paper: float | None = None
-) -> Effect:
+def paired(a: dict, b: dict, scale: float = 1.0, paper: float | None = None) -> Effect:
     """a - b per seed (the seeds in both), times `scale` (100: accuracy in points)."""
     seeds = sorted(set(a) & set(b))
     return Effect({s: scale * (a[s] - b[s]) for s in seeds}, len(set(a) | set(b)), paper)
 
 
-def final_acc_gain(test: dict, control: dict, column: str = "summary.final_test_acc"):
-    """The measure: final test accuracy (points) of the runs matching `test` minus `control`, by seed."""
-
-    def measure(study: Study) -> Effect:
-        runs = finished(study.runs)
-        a, b = (by_seed(runs_table.select(runs, **where), column) for where in (test, control))
-        return paired(a, b, 100.0)
-
-    return measure
+def where_gain(rows, test: dict, control: dict, column="value", scale=1.0, paper=None) -> Effect:
+    """Per seed, `column` of the rows matching `test` (runs_table.select's keywords) minus `control`'s."""
+    a, b = (runs_table.per_seed(runs_table.select(rows, **where), column) for where in (test, control))
+    return paired(a, b, scale, paper)
 
 
-def last_metric_gain(test: dict, control: dict, metric: str = "test_acc", file: str = runs_table.METRICS):
-    """Like final_acc_gain, from the metric's last row in its CSV (the batch papers' tables read it so)."""
-
-    def measure(study: Study) -> Effect:
-        last = finished(runs_table.last_values(study.table(file), metric, file))
-        a, b = (by_seed(runs_table.select(last, **where), "value") for where in (test, control))
-        return paired(a, b, 100.0)
-
-    return measure
+def norm_gap(rows, test: str = "none", control: str = "builtin", agg="mean", scale: float = 1.0) -> Effect:
+    """Per seed, `agg` of the `value`s of norm `test`'s rows minus that of `control`'s."""
+    values = rows.groupby(["norm.kind", "seed"])["value"].agg(agg)
+    return paired(values[test].to_dict(), values[control].to_dict(), scale)
 
 
-# ---------------------------------------------------------------------------------------------- Fig. 1
+# ---------------------------------------------------------------------------------------------- measures
 
 
-def steps_to_no_bn_best(no_bn_from_first_dir: bool = False):
+@parametrized
+def final_acc_gain(study: Study, test: dict, control: dict) -> Effect:
+    """Final test accuracy (points) of the runs matching `test` minus `control`, by seed."""
+    return where_gain(finished(study.runs), test, control, "summary.final_test_acc", 100.0)
+
+
+@parametrized
+def last_metric_gain(study: Study, test: dict, control: dict, paper: float | None = None) -> Effect:
+    """Like final_acc_gain, from test_acc's last row in metrics.csv (the batch papers' tables read it so)."""
+    last = finished(runs_table.last_values(study.table(), "test_acc"))
+    return where_gain(last, test, control, scale=100.0, paper=paper)
+
+
+# Fig. 1
+@parametrized
+def steps_to_no_bn_best(study: Study, no_bn_from_first_dir: bool = False) -> Effect:
     """Each seed's steps to the no-BN curve's best (the Fig. 1 table's target): no BN's minus BN's.
     A seed where BN reaches it and no BN never does is on the paper's side without a value.
     `no_bn_from_first_dir`: the no-BN runs are those of the claim's first dir only (a longer run of them)."""
+    first = study.dirs[0].resolve()
 
-    def measure(study: Study) -> Effect:
-        first = study.dirs[0].resolve()
+    def wanted(run):
+        if run.norm_kind == "none":
+            return not no_bn_from_first_dir or first in run.run.run_dir.resolve().parents
+        return run.norm_kind == "builtin"
 
-        def wanted(run):
-            if run.norm_kind == "none":
-                return not no_bn_from_first_dir or first in run.run.run_dir.resolve().parents
-            return run.norm_kind == "builtin"
-
-        runs = [r for r in study.data if wanted(r)]
-        target = figures.fig1_rows(runs)[0]["target_acc"]
-        rows = crossings.crossing_rows(crossings.split_curves(runs, lambda r: r.norm_kind), [target])
-        steps = {row["curve"].split(" [")[0]: row["per_seed"] for row in rows}
-        none, bn = steps["none"], steps["builtin"]
-        both = {s: float(none[s] - bn[s]) for s in set(none) & set(bn) if none[s] and bn[s]}
-        agree = sum(bn.get(s) is not None and (none[s] is None or none[s] > bn[s]) for s in none)
-        return Effect(both, len(none), agree=agree)
-
-    return measure
+    runs = [r for r in study.data if wanted(r)]
+    target = figures.fig1_rows(runs)[0]["target_acc"]
+    rows = crossings.crossing_rows(figures.split_curves(runs, lambda r: r.norm_kind), [target])
+    steps = {row["curve"].split(" [")[0]: row["per_seed"] for row in rows}
+    none, bn = steps["none"], steps["builtin"]
+    both = {s: float(none[s] - bn[s]) for s in set(none) & set(bn) if none[s] and bn[s]}
+    agree = sum(bn.get(s) is not None and (none[s] is None or none[s] > bn[s]) for s in none)
+    return Effect(both, len(none), agree=agree)
 
 
 def activation_drift(study: Study) -> Effect:
@@ -170,146 +176,117 @@ def activation_drift(study: Study) -> Effect:
     table = study.table("activations")
     rows = table[(table["metric"] == "p50") & table["norm.kind"].isin(["none", "builtin"])]
     rows = rows[(rows["layer"] == rows["layer"].max()) & (rows["unit"] == rows["unit"].min())]
-    span = rows.groupby(["norm.kind", "seed"])["value"].agg(lambda v: v.max() - v.min())
-    return paired(span["none"].to_dict(), span["builtin"].to_dict())
+    return norm_gap(rows, agg=lambda v: v.max() - v.min())
 
 
-# ---------------------------------------------------------------------------------------------- Fig. 2/3
-
-
-def _variants(study: Study):
+# Fig. 2 and 3 (section 4.2)
+def _variant_runs(study: Study, variant: str):
+    """The Fig. 3 table's first row (the baseline's: the target, its steps to it) and the runs of `variant`
+    in the runs' family (fig2_ or fig2cpu_)."""
     runs = speedup.load_runs(study.dirs)
-    rows = {row["variant"]: row for row in speedup.fig3_table(runs)}
-    groups = speedup.group_by_variant(runs)
-    return rows, {name: [r for r in group if r.status == "finished"] for name, group in groups.items()}
+    name = speedup.family_of(runs[0].experiment_name) + variant
+    return speedup.fig3_table(runs)[0], [r for r in runs if r.experiment_name == name]
 
 
-def _family(study: Study) -> str:
-    return speedup.family_of(speedup.load_runs(study.dirs)[0].experiment_name)
+def _steps(runs, target: float) -> dict[int, int | None]:
+    """Each finished run's steps to `target` (None: never), by seed."""
+    return {
+        r.seed: speedup.steps_to_target(r.steps, r.test_acc, target) for r in runs if r.status == "finished"
+    }
 
 
-def speedup_over_inception(variant: str):
+@parametrized
+def speedup_over_inception(study: Study, variant: str) -> Effect:
     """Each seed's speedup (the Fig. 3 table's: the baseline curve's steps to its best over the seed's
     own) minus 1; the paper's ImageNet speedup minus 1 beside it."""
-
-    def measure(study: Study) -> Effect:
-        rows, groups = _variants(study)
-        name = _family(study) + variant
-        target, base = rows[name]["target_acc"], rows[next(iter(rows))]["steps_to_target"]
-        steps = {r.seed: speedup.steps_to_target(r.steps, r.test_acc, target) for r in groups[name]}
-        values = {s: base / v - 1 for s, v in steps.items() if v}
-        paper = speedup.paper_speedup(name)
-        return Effect(values, len(steps), None if paper is None else paper - 1)
-
-    return measure
+    baseline, runs = _variant_runs(study, variant)
+    steps = _steps(runs, baseline["target_acc"])
+    paper = speedup.paper_speedup(runs[0].experiment_name)
+    values = {s: baseline["steps_to_target"] / v - 1 for s, v in steps.items() if v}
+    return Effect(values, len(steps), None if paper is None else paper - 1)
 
 
-def _paper_max_acc(name: str) -> float | None:
-    text = speedup.PAPER_IMAGENET.get(speedup.variant_of(name), ("", ""))[1]
-    return float(text.rstrip("%")) if text.rstrip("%").replace(".", "", 1).isdigit() else None
+def _paper_max_acc(variant: str) -> float | None:
+    """The paper's max accuracy of a variant, in percent; None where it gives none ("diverged")."""
+    text = speedup.PAPER_IMAGENET.get(variant, ("", ""))[1].rstrip("%")
+    return float(text) if text.replace(".", "", 1).isdigit() else None
 
 
-def variant_gain(test: str, control: str, what: str):
+@parametrized
+def variant_gain(study: Study, test: str, control: str, what: str) -> Effect:
     """Per seed, `what` of variant `test` minus `control`: best (each seed's best accuracy, points) or
     steps (to the Fig. 3 target; a seed that never reaches it has no value)."""
 
-    def measure(study: Study) -> Effect:
-        rows, groups = _variants(study)
-        family = _family(study)
-        target = next(iter(rows.values()))["target_acc"]
+    def per_seed(variant):
+        baseline, runs = _variant_runs(study, variant)
+        if what == "best":
+            return {r.seed: 100 * max(r.test_acc) for r in runs if r.status == "finished"}
+        return {s: float(v) for s, v in _steps(runs, baseline["target_acc"]).items() if v is not None}
 
-        def per_seed(name):
-            if what == "best":
-                return {r.seed: 100 * max(r.test_acc) for r in groups[family + name]}
-            steps = {
-                r.seed: speedup.steps_to_target(r.steps, r.test_acc, target) for r in groups[family + name]
-            }
-            return {s: float(v) for s, v in steps.items() if v is not None}
-
-        paper = None
-        if what == "best" and None not in (_paper_max_acc(test), _paper_max_acc(control)):
-            paper = _paper_max_acc(test) - _paper_max_acc(control)
-        return paired(per_seed(test), per_seed(control), paper=paper)
-
-    return measure
+    papers = [_paper_max_acc(test), _paper_max_acc(control)]
+    paper = papers[0] - papers[1] if what == "best" and None not in papers else None
+    return paired(per_seed(test), per_seed(control), paper=paper)
 
 
-def diverges(variant: str):
+@parametrized
+def diverges(study: Study, variant: str) -> Effect:
     """1 per seed that diverged, 0 per seed that did not."""
-
-    def measure(study: Study) -> Effect:
-        runs = [r for r in speedup.load_runs(study.dirs) if r.experiment_name == _family(study) + variant]
-        return Effect({r.seed: float(r.diverged) for r in runs}, len(runs))
-
-    return measure
+    runs = _variant_runs(study, variant)[1]
+    return Effect({r.seed: float(r.diverged) for r in runs}, len(runs))
 
 
-# ---------------------------------------------------------------------------------------------- Santurkar
-
-
-def santurkar_gain(experiment: str, key: str, test: str, control: str):
+# Santurkar et al. 2018
+@parametrized
+def santurkar_gain(study: Study, experiment: str, key: str, test: str, control: str) -> Effect:
     """santurkar's table number `key` (its per-run numbers) of norm `test` minus `control`, at the
     experiment's lowest learning rate (its preset's), by seed; accuracies in points."""
-
-    def measure(study: Study) -> Effect:
-        runs = [r for r in study.data if r.experiment_name == experiment and not r.stopped_early]
-        lr = min(santurkar._lr(r) for r in runs)
-        numbers = {(r.norm_kind, r.seed): santurkar._run_numbers(r) for r in runs if santurkar._lr(r) == lr}
-        a, b = ({s: n[key] for (k, s), n in numbers.items() if k == norm and n[key] is not None}
-                for norm in (test, control))  # fmt: skip
-        return paired(a, b, 100.0 if key.endswith("acc") else 1.0)
-
-    return measure
+    runs = [r for r in study.data if r.experiment_name == experiment and not r.stopped_early]
+    lr = min(santurkar._lr(r) for r in runs)
+    numbers = {(r.norm_kind, r.seed): santurkar._run_numbers(r) for r in runs if santurkar._lr(r) == lr}
+    a, b = (
+        {seed: n[key] for (norm, seed), n in numbers.items() if norm == kind and n[key] is not None}
+        for kind in (test, control)
+    )
+    return paired(a, b, 100.0 if key.endswith("acc") else 1.0)
 
 
-# ---------------------------------------------------------------------------------------------- section 3.3
+# Section 3.3: the LR x init grid, the weights' scale and the layer Jacobians
+def _grid(study: Study, momentum: float) -> pd.DataFrame:
+    """One row per norm.kind x seed x init std x lr of one protocol of the LR x init grid, its final
+    accuracy as `value`."""
+    cells = lr_init_grid.cell_rows(lr_init_grid.grid_cells(study.data))
+    return pd.DataFrame(
+        {"norm.kind": row["norm"], "seed": seed, "lr": row["lr"], "value": final}
+        for row in cells
+        if row["momentum"] == momentum
+        for seed, final in zip(row["seeds"], row["final_acc_per_seed"], strict=True)
+    )
 
 
-def _grid_per_seed(study: Study, momentum: float) -> dict[str, dict[int, list[dict]]]:
-    """{norm: {seed: [{init_std, lr, final}]}} of one protocol of the LR x init grid."""
-    out: dict[str, dict[int, list[dict]]] = {}
-    for row in lr_init_grid.cell_rows(lr_init_grid.grid_cells(study.data)):
-        if row["momentum"] == momentum:
-            for seed, final in zip(row["seeds"], row["final_acc_per_seed"], strict=True):
-                cell = {"init_std": row["init_std"], "lr": row["lr"], "final": final}
-                out.setdefault(row["norm"], {}).setdefault(seed, []).append(cell)
-    return out
-
-
-def grid_cells_trained(momentum: float):
+@parametrized
+def grid_cells_trained(study: Study, momentum: float) -> Effect:
     """Per seed, the grid cells (init std x lr) whose run trains (final accuracy >= the grid's level),
     BN's count minus no BN's."""
-
-    def measure(study: Study) -> Effect:
-        level = lr_init_grid.AREA_LEVELS[0]
-        grid = _grid_per_seed(study, momentum)
-        count = {n: {s: sum(c["final"] >= level for c in cells) for s, cells in seeds.items()}
-                 for n, seeds in grid.items()}  # fmt: skip
-        return paired(count["builtin"], count["none"])
-
-    return measure
+    grid = _grid(study, momentum)
+    trains = grid.assign(value=grid["value"] >= lr_init_grid.AREA_LEVELS[0])
+    return norm_gap(trains, "builtin", "none", agg="sum")
 
 
-def grid_init_spread(momentum: float):
+@parametrized
+def grid_init_spread(study: Study, momentum: float) -> Effect:
     """Per seed, the spread (max - min) of the final accuracy across init stds at one lr, averaged over
     the lrs (the grid's init_spread table, seed by seed): no BN's minus BN's, in points."""
-
-    def measure(study: Study) -> Effect:
-        def spread(cells):
-            lrs = sorted({c["lr"] for c in cells})
-            finals = [[c["final"] for c in cells if c["lr"] == lr] for lr in lrs]
-            return float(np.mean([max(f) - min(f) for f in finals]))
-
-        grid = _grid_per_seed(study, momentum)
-        none, bn = ({s: spread(c) for s, c in grid[n].items()} for n in ("none", "builtin"))
-        return paired(none, bn, 100.0)
-
-    return measure
+    by_lr = _grid(study, momentum).groupby(["norm.kind", "seed", "lr"])["value"]
+    spread = by_lr.agg(lambda v: v.max() - v.min()).reset_index()
+    # np.mean over the lrs: a groupby mean sums them differently, in the last bits
+    return norm_gap(spread, agg=lambda v: np.mean(v.to_numpy()), scale=100.0)
 
 
-def _scale_rows(study: Study, file: str, metric: str):
+def _scale_rows(study: Study, file: str, metric: str, last_step: bool = False):
+    """The finished runs' rows of `metric` in the measurement file `file` (at the last step only)."""
     table = study.table(file)
-    return table[(table["metric"] == metric) & (table["status"] == "finished")]
+    rows = table[(table["metric"] == metric) & (table["status"] == "finished")]
+    return rows[rows["step"] == rows["step"].max()] if last_step else rows
 
 
 def weight_gradient_orthogonality(study: Study) -> Effect:
@@ -317,61 +294,59 @@ def weight_gradient_orthogonality(study: Study) -> Effect:
     no BN's minus BN's, per seed."""
     rows = _scale_rows(study, "scale", "cos_weight_grad")
     rows = rows[rows["layer"].str.startswith("hidden")]
-    mean = rows.assign(value=rows["value"].abs()).groupby(["norm.kind", "seed"])["value"].mean()
-    return paired(mean["none"].to_dict(), mean["builtin"].to_dict())
+    return norm_gap(rows.assign(value=rows["value"].abs()))
 
 
 def jacobian_towards_one(study: Study) -> Effect:
     """log10 of the hidden layers' median Jacobian singular value at the last step (mean over layers),
     BN's minus no BN's, per seed. The paper's size: BN's at 1, i.e. minus no BN's mean log10."""
-    rows = _scale_rows(study, "jacobian", "p50")
-    rows = rows[rows["step"] == rows["step"].max()]
-    logs = rows.assign(value=np.log10(rows["value"])).groupby(["norm.kind", "seed"])["value"].mean()
-    effect = paired(logs["builtin"].to_dict(), logs["none"].to_dict())
-    return Effect(effect.values, effect.seeds, paper=-float(logs["none"].mean()))
+    rows = _scale_rows(study, "jacobian", "p50", last_step=True)
+    logs = rows.assign(value=np.log10(rows["value"]))
+    none = logs[logs["norm.kind"] == "none"].groupby("seed")["value"].mean()
+    return replace(norm_gap(logs, "builtin", "none"), paper=-float(none.mean()))
 
 
 def jacobian_distance_to_one(study: Study) -> Effect:
     """|log10| of the hidden layers' median Jacobian singular value at the last step (mean over layers):
     no BN's minus BN's, per seed (positive: BN's singular values are nearer 1, from either side)."""
-    rows = _scale_rows(study, "jacobian", "p50")
-    rows = rows[rows["step"] == rows["step"].max()]
-    logs = rows.assign(value=np.log10(rows["value"]).abs()).groupby(["norm.kind", "seed"])["value"].mean()
-    return paired(logs["none"].to_dict(), logs["builtin"].to_dict())
+    rows = _scale_rows(study, "jacobian", "p50", last_step=True)
+    return norm_gap(rows.assign(value=np.log10(rows["value"]).abs()))
 
 
-# ---------------------------------------------------------------------------------------------- section 3.4
-
-
-def dropout_need(rate: float):
+# Section 3.4: dropout
+@parametrized
+def dropout_need(study: Study, rate: float) -> Effect:
     """Dropout's gain in final test accuracy (rate `rate` minus none) without BN minus with BN, points."""
-
-    def measure(study: Study) -> Effect:
-        last = finished(runs_table.last_values(study.table(), "test_acc"))
-
-        def gain(norm):
-            rows = runs_table.select(last, norm__kind=norm)
-            with_rate, without = (
-                by_seed(runs_table.select(rows, model__dropout=p), "value") for p in (rate, 0.0)
-            )
-            return paired(with_rate, without).values
-
-        return paired(gain("none"), gain("builtin"), 100.0)
-
-    return measure
+    last = finished(runs_table.last_values(study.table(), "test_acc"))
+    gain = {}
+    for norm in ("none", "builtin"):
+        with_rate, without = ({"norm__kind": norm, "model__dropout": p} for p in (rate, 0.0))
+        gain[norm] = where_gain(last, with_rate, without).values
+    return paired(gain["none"], gain["builtin"], 100.0)
 
 
 def overfitting_gap(study: Study) -> Effect:
     """Without dropout: the train-test gap (eval-mode train accuracy, train_eval.csv, minus test accuracy,
     at the last evaluation) of no BN minus BN, points."""
-    table = study.table(runs_table.METRICS, "train_eval")
+    table = finished(study.table(runs_table.METRICS, "train_eval"))
     gaps = {}
     for norm in ("none", "builtin"):
-        rows = runs_table.select(finished(table), norm__kind=norm, model__dropout=0.0)
-        train = by_seed(runs_table.last_values(rows, "train_acc", "train_eval"), "value")
-        test = by_seed(runs_table.last_values(rows, "test_acc"), "value")
+        rows = runs_table.select(table, norm__kind=norm, model__dropout=0.0)
+        train = runs_table.per_seed(runs_table.last_values(rows, "train_acc", "train_eval"))
+        test = runs_table.per_seed(runs_table.last_values(rows, "test_acc"))
         gaps[norm] = paired(train, test).values
     return paired(gaps["none"], gaps["builtin"], 100.0)
+
+
+# The batch papers (Wu & He, Ioffe, Hoffer et al., Wu & Johnson)
+@parametrized
+def precise_gain(study: Study, lr: float) -> Effect:
+    """Final test accuracy (points, at the last step) with PreciseBN's statistics over the most batches
+    minus with the moving averages (EMA), at learning rate `lr`."""
+    rows = runs_table.select(finished(study.table("eval_stats")), optim__lr=lr)
+    rows = rows[(rows["metric"] == "test_acc") & (rows["step"] == rows["step"].max())]
+    top = rows.loc[rows["stats"] == "precise", "n"].max()
+    return where_gain(rows, {"stats": "precise", "n": top}, {"stats": "ema", "n": 0}, scale=100.0)
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -389,273 +364,217 @@ class Claim:
     figure: str  # under results/
 
 
+def claims_of(rows: Sequence[tuple], **shared) -> list[Claim]:
+    """A family of claims: `shared` gives the fields they all have, each row the others in Claim's order."""
+    names = [f.name for f in fields(Claim) if f.name not in shared]
+    return [Claim(**shared, **dict(zip(names, row, strict=True))) for row in rows]
+
+
+def drawn(script: str, runs: str, out: str, figure: str) -> dict[str, str]:
+    """A claim's command and figure: scripts/`script` draws the runs in results/`runs` into results/`out`."""
+    return {
+        "command": f"python scripts/{script}.py results/{runs} --out results/{out}",
+        "figure": f"{out}/{figure}",
+    }
+
+
 BN = "Ioffe & Szegedy 2015"
 FIG1 = "Fashion-MNIST, Fig. 1 MLP (3 x 100 sigmoid), batch 60, 50k steps"
-F10 = "fig1_10seeds_fashion_mnist"
 MAKE_FIGURES = "python scripts/make_figures.py"
 FIG1_A = "fig1a_test_accuracy_fashion_mnist.png"
-ACC_GAIN = "final test acc, BN - no BN (points)"
-BN_VS_NONE = final_acc_gain({"norm__kind": "builtin"}, {"norm__kind": "none"})
-
-
-def speedup_claims(folder: str, setup: str, command: str, figure: str, control: bool) -> list[Claim]:
-    """The section 4.2 claims on one family of fig2 runs (fig2_* or fig2cpu_*)."""
-
-    def claim(words, measure, effect):
-        return Claim(BN, words, setup, (folder,), measure, effect, command, figure)
-
-    claims = [
-        claim("BN-Baseline reaches Inception's best in fewer steps (Fig. 3: 2.3x)",
-              speedup_over_inception("bn_baseline"), "speedup per seed - 1"),
-        claim("BN-x5 needs far fewer steps still (Fig. 3: 14.8x)", speedup_over_inception("bn_x5"),
-              "speedup per seed - 1"),
-        claim("BN-x30 is also much faster than Inception (Fig. 3: 11.5x)", speedup_over_inception("bn_x30"),
-              "speedup per seed - 1"),
-        claim("BN-x30 is slower than BN-x5 to reach Inception's best (Fig. 3)",
-              variant_gain("bn_x30", "bn_x5", "steps"), "steps to the target, BN-x30 - BN-x5"),
-        claim("BN-x30 reaches a higher accuracy than BN-x5 (74.8% vs 73.0%)",
-              variant_gain("bn_x30", "bn_x5", "best"), "max test acc, BN-x30 - BN-x5 (points)"),
-        claim("with BN the sigmoid net trains (69.8%); without, never above 0.1%",
-              variant_gain("bn_x5_sigmoid", "sigmoid", "best"),
-                  "max test acc, BN-x5-Sigmoid - Sigmoid (points)"),
-    ]  # fmt: skip
-    if control:
-        claims.append(claim("Inception at BN-x5's learning rate diverges (section 4.2.2)",
-                            diverges("inception_x5"), "seeds diverged (1 each)"))  # fmt: skip
-    return claims
-
-
-SANTURKAR = "Santurkar et al. 2018"
-S_DIR = "santurkar_fashion_mnist"
-S_CMD = f"python scripts/santurkar_figures.py results/{S_DIR} --out results/{S_DIR}/figures"
-S_SETUPS = {
-    "santurkar_dln": "deep linear net 25 x 100, Fashion-MNIST, batch 128, SGD lr 0.01, 5k steps",
-    "santurkar_vgg_cpu": "VGG-11 at 1/8 width, Fashion-MNIST, batch 128, SGD lr 0.1, 3k steps",
-    "santurkar_fig1_mlp": f"{FIG1}, SGD + momentum 0.9",
-}
-
-
-def santurkar_claims() -> list[Claim]:
-    def claim(exp, words, key, test, control, effect, figure):
-        return Claim(SANTURKAR, words, S_SETUPS[exp] + ", 3 seeds", (f"{S_DIR}/{exp}",),
-                     santurkar_gain(exp, key, test, control), effect, S_CMD,
-                         f"{S_DIR}/figures/{exp}_{figure}.png")  # fmt: skip
-
-    # Fig. 2's claim on both nets that ran noisy BN: it trains (training mode, noise on) better than no
-    # BN, while its layer inputs shift far more than BN's.
-    claims = []
-    for exp, key, what in (
-        ("santurkar_fig1_mlp", "final_acc", "final test acc"),
-        ("santurkar_vgg_cpu", "final_train_acc", "final train acc (training mode)"),
-    ):
-        claims += [
-            claim(exp, "noisy BN (unstable layer inputs) still trains better than no BN (Fig. 2)", key,
-                  "noisy_bn", "none", f"{what}, noisy BN - no BN (points)", "curves"),
-            claim(exp, "noisy BN's layer inputs shift far more than BN's (Fig. 2)", "dist_wasserstein_late",
-                  "noisy_bn", "builtin", "Wasserstein-1 shift (2nd half), noisy BN - BN", "ics_distribution"),
-        ]  # fmt: skip
-    for exp in S_SETUPS:
-        claims += [
-            claim(exp, "BN does not reduce the gradient ICS; it may increase it (Fig. 3)", "ics_l2_late",
-                  "builtin", "none", "gradient ICS ||G - G'|| (2nd half), BN - no BN", "ics_gradient"),
-            claim(exp, "BN makes the loss change less along the gradient (Fig. 4a)", "loss_band_late",
-                  "none", "builtin", "loss band (2nd half), no BN - BN", "landscape"),
-            claim(exp, "BN makes the gradient more predictive: lower beta-smoothness (Fig. 4c)", "beta_late",
-                  "none", "builtin", "effective beta (2nd half), no BN - BN", "landscape"),
-        ]  # fmt: skip
-    return claims
-
-
-B_DIR = "batch_fashion_mnist"
-B_CMD = f"python scripts/batch_effects.py results/{B_DIR} --out results/{B_DIR}/figures"
-B_VGG = "VGG-11 at 1/8 width, Fashion-MNIST, 30k examples, lr 0.0016 x batch"
-
-
-def gn_error_gap(test: dict, control: dict, paper: float):
-    """Final test error (points) of `test` minus `control` (the batch table's: last metrics row)."""
-    acc = last_metric_gain(control, test)  # error difference = accuracy difference the other way
-
-    def measure(study: Study) -> Effect:
-        effect = acc(study)
-        return Effect(effect.values, effect.seeds, paper)
-
-    return measure
-
-
-def batch_claims() -> list[Claim]:
-    def claim(paper, words, setup, exp, measure, effect, figure):
-        return Claim(
-            paper, words, setup, (f"{B_DIR}/{exp}",), measure, effect, B_CMD, f"{B_DIR}/figures/{figure}"
-        )
-
-    gn, brn = "Wu & He 2018", "Ioffe 2017"
-    hoffer, precise = "Hoffer et al. 2017", "Wu & Johnson 2021"
-    ghost = "Fig. 1 MLP with BN, Fashion-MNIST, batch 1024 = 8 x 128 (lr x sqrt 8) vs 128"
-    precise_setup = "Fig. 1 MLP with BN, Fashion-MNIST, batch 60, 20k steps"
-
-    def renorm(test_where, control_where):
-        return last_metric_gain(
-            {"norm__kind": "batch_renorm", **test_where}, {"norm__kind": "builtin", **control_where}
-        )
-
-    def precise_gain(lr):
-        def measure(study):
-            table = study.table("eval_stats")
-            rows = runs_table.select(finished(table), optim__lr=lr)
-            rows = rows[(rows["metric"] == "test_acc") & (rows["step"] == rows["step"].max())]
-            top = rows.loc[rows["stats"] == "precise", "n"].max()
-            a, b = (
-                by_seed(rows[(rows["stats"] == k) & (rows["n"] == n)], "value")
-                for k, n in (("precise", top), ("ema", 0))
-            )
-            return paired(a, b, 100.0)
-
-        return measure
-
-    return [
-        claim(gn, "at batch 2, BN's error is far above GroupNorm's (34.7% vs 24.1%)", f"{B_VGG}, 3 seeds",
-              "gn_batch_size", gn_error_gap({"norm__kind": "builtin", "data__batch_size": 2},
-                                            {"norm__kind": "groupnorm", "data__batch_size": 2},
-                                            GN_PAPER["builtin"][2] - GN_PAPER["groupnorm"][2]),
-              "final test error at batch 2, BN - GN (points)", "gn_batch_size_error.png"),
-        claim(gn, "BN's error grows as the batch shrinks (batch 32 -> 4: 23.6% -> 27.3%)",
-            f"{B_VGG}, 3 seeds",
-              "gn_batch_size", gn_error_gap({"norm__kind": "builtin", "data__batch_size": 4},
-                                            {"norm__kind": "builtin", "data__batch_size": 32},
-                                            GN_PAPER["builtin"][4] - GN_PAPER["builtin"][32]),
-              "final test error of BN, batch 4 - batch 32 (points)", "gn_batch_size_error.png"),
-        claim(brn, "on microbatches of 4, Batch Renorm beats BN",
-            f"{B_VGG.split(',')[0]}, batch 4, 1 epoch, 3 seeds",
-              "brn_small_batch", renorm({}, {}), "final test acc, Batch Renorm - BN (points)",
-              "brn_small_batch_curves.png"),
-        claim(brn, "on non-i.i.d. batches, Batch Renorm beats BN",
-              f"{B_VGG.split(',')[0]}, batches of 32 from 2 classes, 3 seeds", "brn_non_iid",
-              renorm({"data__sampler": "few_classes"}, {"data__sampler": "few_classes"}),
-              "final test acc, Batch Renorm - BN (points)", "brn_non_iid_curves.png"),
-        claim(hoffer, "ghost batches narrow a large batch's generalization gap",
-            f"{ghost}, 10 epochs, 3 seeds",
-              "ghost_large_batch", last_metric_gain({"norm__kind": "ghost_bn", "epochs": 10},
-                                                    {"norm__kind": "builtin", "data__batch_size": 1024,
-                                                        "epochs": 10}),
-              "final test acc at batch 1024, Ghost BN - BN (points)", "ghost_large_batch_curves.png"),
-        claim(hoffer, "ghost BN with regime adaptation (8x the steps) matches or beats the small batch",
-              f"{ghost}, 80 vs 10 epochs, 3 seeds", "ghost_large_batch",
-              last_metric_gain({"norm__kind": "ghost_bn", "epochs": 80}, {"data__batch_size": 128}),
-              "final test acc, Ghost BN 1024 (80 ep.) - BN 128 (10 ep.) (points)",
-                  "ghost_large_batch_curves.png"),
-        claim(precise, "PreciseBN's statistics beat the moving averages (EMA)",
-            f"{precise_setup}, lr 0.1, 3 seeds",
-              "precise_bn", precise_gain(0.1), "final test acc, PreciseBN (largest N) - EMA (points)",
-              "precise_bn_vs_n.png"),
-        claim(precise, "PreciseBN's statistics beat the moving averages (EMA)",
-            f"{precise_setup}, lr 0.01, 3 seeds",
-              "precise_bn", precise_gain(0.01), "final test acc, PreciseBN (largest N) - EMA (points)",
-              "precise_bn_vs_n.png"),
-    ]  # fmt: skip
-
-
-G_DIR = "lr_init_grid_fashion_mnist"
-G_CMD = f"python scripts/lr_init_grid.py results/{G_DIR}/runs --out results/{G_DIR}/figures"
-G_SETUP = "Fig. 1 MLP, Fashion-MNIST, 10k steps, 7 lrs x 4 init stds, 5 seeds"
-J_DIR = "scale_jacobian_fashion_mnist"
-J_CMD = f"python scripts/scale_jacobian.py results/{J_DIR}/runs --out results/{J_DIR}/figures"
-J_PRE_CMD = (
-    f"python scripts/scale_jacobian.py results/{J_DIR}/pre_activation/runs "
-    f"--out results/{J_DIR}/pre_activation/figures"
-)
 D_DIR = "dropout_fig1_fashion_mnist"
-D_SETUP = f"{FIG1}, dropout after each hidden layer, 5 seeds"
-D_CMD = f"python scripts/dropout_table.py results/{D_DIR}/runs --out results/{D_DIR}/figures"
-
-
-def section_3_claims() -> list[Claim]:
-    claims = []
-    for momentum, tag, name in ((0.9, "momentum0.9", "momentum 0.9"), (0.0, "plain_sgd", "plain SGD")):
-        figure = f"{G_DIR}/figures/lr_init_grid_final_acc_{tag}.png"
-        claims += [
-            Claim(BN, "BN allows higher learning rates (section 3.3)", f"{G_SETUP}, {name}",
-                (f"{G_DIR}/runs",),
-                  grid_cells_trained(momentum), "grid cells a seed trains in (>= 80%), BN - no BN",
-                      G_CMD, figure),
-            Claim(BN, "BN reduces the dependence on the initial weights' scale (section 3.3)",
-                  f"{G_SETUP}, {name}", (f"{G_DIR}/runs",), grid_init_spread(momentum),
-                  "final acc spread across init stds at one lr, no BN - BN (points)", G_CMD, figure),
-        ]  # fmt: skip
-    figure = f"{J_DIR}/figures/scale_jacobian.png"
-    setup = f"{FIG1}, momentum 0.9, 5 seeds"
-    claims += [
-        Claim(BN,
-            "scale invariance: a BN layer's weights get gradients orthogonal to them (section 3.3)", setup,
-              (f"{J_DIR}/runs",), weight_gradient_orthogonality, "|cos(W, dL/dW)|, no BN - BN", J_CMD,
-                  figure),
-        Claim(BN, "BN may lead the layer Jacobians to have singular values close to 1 (section 3.3)", setup,
-              (f"{J_DIR}/runs",), jacobian_towards_one, "log10 median singular value, BN - no BN", J_CMD,
-                  figure),
-        Claim(BN, "... close to 1, for the map between normalised vectors u -> BN(Wu) (section 3.3)", setup,
-              (f"{J_DIR}/pre_activation/runs",), jacobian_distance_to_one,
-              "|log10 median singular value| of dBN(Wu)/du, no BN - BN", J_PRE_CMD,
-              f"{J_DIR}/pre_activation/figures/scale_jacobian.png"),
-    ]  # fmt: skip
-    for rate in (0.2, 0.5):
-        claims.append(Claim(BN, "BN reduces the need for dropout (section 3.4)", D_SETUP, (D_DIR,),
-            dropout_need(rate),
-                            f"dropout {rate}'s test acc gain, no BN - BN (points)", D_CMD,
-                                f"{D_DIR}/figures/dropout.png"))  # fmt: skip
-    claims.append(Claim(BN, "BN regularizes: less overfitting without dropout (section 3.4)", D_SETUP,
-        (D_DIR,),
-                        overfitting_gap, "train (eval mode) - test acc gap, no BN - BN (points)", D_CMD,
-                        f"{D_DIR}/figures/dropout.png"))  # fmt: skip
-    return claims
 
 
 def fig1_claims() -> list[Claim]:
-    def cmd(folder):
-        study, protocol = folder.split("/")
-        return f"{MAKE_FIGURES} results/{folder} --out results/{study}/figures/{protocol}"
-
     words = "BN trains faster and reaches a higher test accuracy (Fig. 1(a))"
-    lr_search = "lr_search_fig1_fashion_mnist"
+    momentum, plain = f"{FIG1}, SGD + momentum 0.9", f"{FIG1}, plain SGD"
+    gain = final_acc_gain({"norm__kind": "builtin"}, {"norm__kind": "none"})
+    acc, steps = "final test acc, BN - no BN (points)", "steps to the no-BN best, no BN - BN"
+    f10, search = "fig1_10seeds_fashion_mnist", "lr_search_fig1_fashion_mnist"
+
+    def ten_seeds(protocol, setup, measure, effect, words=words, also=(), figure=FIG1_A):
+        """A claim on one protocol of the 10-seed study (its runs, and the dirs `also` names)."""
+        runs = f"{f10}/{protocol}"
+        return Claim(BN, words, f"{setup}, 10 seeds", (runs, *also), measure, effect,
+                     **drawn("make_figures", runs, f"{f10}/figures/{protocol}", figure))  # fmt: skip
+
     return [
-        Claim(BN, words, f"{FIG1}, SGD + momentum 0.9, 10 seeds", (f"{F10}/momentum",), BN_VS_NONE, ACC_GAIN,
-              cmd(f"{F10}/momentum"), f"{F10}/figures/momentum/{FIG1_A}"),
-        Claim(BN, words, f"{FIG1}, SGD + momentum 0.9, 10 seeds", (f"{F10}/momentum",), steps_to_no_bn_best(),
-              "steps to the no-BN best, no BN - BN", cmd(f"{F10}/momentum"),
-                  f"{F10}/figures/momentum/{FIG1_A}"),
-        Claim(BN, words, f"{FIG1}, plain SGD, 10 seeds", (f"{F10}/plain_sgd",), BN_VS_NONE, ACC_GAIN,
-              cmd(f"{F10}/plain_sgd"), f"{F10}/figures/plain_sgd/{FIG1_A}"),
-        Claim(BN, words, f"{FIG1} (no BN: 300k), plain SGD, 10 seeds",
-              (f"{F10}/plain_sgd_300k", f"{F10}/plain_sgd"), steps_to_no_bn_best(no_bn_from_first_dir=True),
-              "steps to the no-BN best, no BN - BN", cmd(f"{F10}/plain_sgd_300k"),
-              f"{F10}/figures/plain_sgd_300k/{FIG1_A}"),
-        Claim(BN, words, f"{FIG1}, SGD + momentum 0.9, 3 seeds", ("fig1_fashion_mnist",), BN_VS_NONE,
-            ACC_GAIN,
-              MAKE_FIGURES, f"figures/{FIG1_A}"),
-        Claim(BN, words + ", also against a tuned no-BN lr",
-            f"{FIG1}, plain SGD, each at its best lr, 3 seeds",
-              (f"{lr_search}/best_lr_none", f"{lr_search}/best_lr_builtin"), BN_VS_NONE, ACC_GAIN,
-              f"{MAKE_FIGURES} results/{lr_search}/best_lr_* --out results/{lr_search}/figures",
-              f"{lr_search}/figures/{FIG1_A}"),
-        Claim(BN, "BN keeps a unit's input distribution stable over training (Fig. 1(b,c))",
-              f"{FIG1}, SGD + momentum 0.9, 10 seeds", (f"{F10}/momentum",), activation_drift,
-              "range of the probed unit's median input, no BN - BN", cmd(f"{F10}/momentum"),
-              f"{F10}/figures/momentum/fig1bc_activations_fashion_mnist.png"),
+        ten_seeds("momentum", momentum, gain, acc),
+        ten_seeds("momentum", momentum, steps_to_no_bn_best(), steps),
+        ten_seeds("plain_sgd", plain, gain, acc),
+        ten_seeds("plain_sgd_300k", f"{FIG1} (no BN: 300k), plain SGD", steps_to_no_bn_best(True), steps,
+                  also=(f"{f10}/plain_sgd",)),
+        Claim(BN, words, f"{momentum}, 3 seeds", ("fig1_fashion_mnist",), gain, acc, MAKE_FIGURES,
+              f"figures/{FIG1_A}"),
+        Claim(BN, f"{words}, also against a tuned no-BN lr", f"{plain}, each at its best lr, 3 seeds",
+              (f"{search}/best_lr_none", f"{search}/best_lr_builtin"), gain, acc,
+              **drawn("make_figures", f"{search}/best_lr_*", f"{search}/figures", FIG1_A)),
+        ten_seeds("momentum", momentum, activation_drift,
+                  "range of the probed unit's median input, no BN - BN",
+                  "BN keeps a unit's input distribution stable over training (Fig. 1(b,c))",
+                  figure="fig1bc_activations_fashion_mnist.png"),
+    ]  # fmt: skip
+
+
+def speedup_claims() -> list[Claim]:
+    """Section 4.2's claims on both families of fig2 runs: fig2cpu_* (and Inception at BN-x5's lr), fig2_*."""
+    faster = "speedup per seed - 1"
+    rows = [
+        ("BN-Baseline reaches Inception's best in fewer steps (Fig. 3: 2.3x)",
+         speedup_over_inception("bn_baseline"), faster),
+        ("BN-x5 needs far fewer steps still (Fig. 3: 14.8x)", speedup_over_inception("bn_x5"), faster),
+        ("BN-x30 is also much faster than Inception (Fig. 3: 11.5x)", speedup_over_inception("bn_x30"),
+         faster),
+        ("BN-x30 is slower than BN-x5 to reach Inception's best (Fig. 3)",
+         variant_gain("bn_x30", "bn_x5", "steps"), "steps to the target, BN-x30 - BN-x5"),
+        ("BN-x30 reaches a higher accuracy than BN-x5 (74.8% vs 73.0%)",
+         variant_gain("bn_x30", "bn_x5", "best"), "max test acc, BN-x30 - BN-x5 (points)"),
+        ("with BN the sigmoid net trains (69.8%); without, never above 0.1%",
+         variant_gain("bn_x5_sigmoid", "sigmoid", "best"), "max test acc, BN-x5-Sigmoid - Sigmoid (points)"),
+    ]  # fmt: skip
+    control = ("Inception at BN-x5's learning rate diverges (section 4.2.2)", diverges("inception_x5"),
+               "seeds diverged (1 each)")  # fmt: skip
+    cpu, figure = "fig2cpu_fashion_mnist", "fig2_speedup_cpu_scale_fashion_mnist.png"
+    return [
+        *claims_of([*rows, control], paper=BN, dirs=(cpu,),
+                   setup="inception at 1/16 width, Fashion-MNIST, whole schedules in 3k steps",
+                   **drawn("speedup_table", cpu, f"{cpu}/figures", figure)),
+        *claims_of(rows, paper=BN, dirs=("fig2_cpu_fashion_mnist",),
+                   setup="full presets at 1/4 width, Fashion-MNIST, first 3k of 60k steps, 1 seed",
+                   command=MAKE_FIGURES, figure="figures/fig2_speedup_fashion_mnist.png"),
+    ]  # fmt: skip
+
+
+def section_3_claims() -> list[Claim]:
+    grid, jac = "lr_init_grid_fashion_mnist", "scale_jacobian_fashion_mnist"
+    claims = []
+    for momentum, name in ((0.9, "momentum 0.9"), (0.0, "plain SGD")):
+        rows = [
+            ("BN allows higher learning rates (section 3.3)", grid_cells_trained(momentum),
+             "grid cells a seed trains in (>= 80%), BN - no BN"),
+            ("BN reduces the dependence on the initial weights' scale (section 3.3)",
+             grid_init_spread(momentum), "final acc spread across init stds at one lr, no BN - BN (points)"),
+        ]  # fmt: skip
+        figure = f"lr_init_grid_final_acc_{lr_init_grid.protocol_tag(momentum)}.png"
+        setup = f"Fig. 1 MLP, Fashion-MNIST, 10k steps, 7 lrs x 4 init stds, 5 seeds, {name}"
+        claims += claims_of(rows, paper=BN, setup=setup, dirs=(f"{grid}/runs",),
+                            **drawn("lr_init_grid", f"{grid}/runs", f"{grid}/figures", figure))  # fmt: skip
+
+    # A row: (the study under jac, words, measure, effect); pre_activation/'s Jacobians are of u -> BN(Wu).
+    pre = "pre_activation/"
+    jacobian = [
+        ("", "scale invariance: a BN layer's weights get gradients orthogonal to them (section 3.3)",
+         weight_gradient_orthogonality, "|cos(W, dL/dW)|, no BN - BN"),
+        ("", "BN may lead the layer Jacobians to have singular values close to 1 (section 3.3)",
+         jacobian_towards_one, "log10 median singular value, BN - no BN"),
+        (pre, "... close to 1, for the map between normalised vectors u -> BN(Wu) (section 3.3)",
+         jacobian_distance_to_one, "|log10 median singular value| of dBN(Wu)/du, no BN - BN"),
+    ]  # fmt: skip
+    for under, words, measure, effect in jacobian:
+        runs, out = f"{jac}/{under}runs", f"{jac}/{under}figures"
+        claims.append(Claim(BN, words, f"{FIG1}, momentum 0.9, 5 seeds", (runs,), measure, effect,
+                            **drawn("scale_jacobian", runs, out, "scale_jacobian.png")))  # fmt: skip
+    rows = [
+        *(("BN reduces the need for dropout (section 3.4)", dropout_need(rate),
+           f"dropout {rate}'s test acc gain, no BN - BN (points)") for rate in (0.2, 0.5)),
+        ("BN regularizes: less overfitting without dropout (section 3.4)", overfitting_gap,
+         "train (eval mode) - test acc gap, no BN - BN (points)"),
+    ]  # fmt: skip
+    dropout = drawn("dropout_table", f"{D_DIR}/runs", f"{D_DIR}/figures", "dropout.png")
+    return claims + claims_of(rows, paper=BN, setup=f"{FIG1}, dropout after each hidden layer, 5 seeds",
+                              dirs=(D_DIR,), **dropout)  # fmt: skip
+
+
+def santurkar_claims() -> list[Claim]:
+    folder = "santurkar_fashion_mnist"
+    nets = {
+        "santurkar_dln": "deep linear net 25 x 100, Fashion-MNIST, batch 128, SGD lr 0.01, 5k steps",
+        "santurkar_vgg_cpu": "VGG-11 at 1/8 width, Fashion-MNIST, batch 128, SGD lr 0.1, 3k steps",
+        "santurkar_fig1_mlp": f"{FIG1}, SGD + momentum 0.9",
+    }
+    # A row: (net, words, santurkar's number, test norm, control norm, effect, figure). Fig. 2's claim on
+    # both nets that ran noisy BN: it trains (training mode, noise on) better than no BN, while its layer
+    # inputs shift far more than BN's. Then each net's claims on the gradients and the loss landscape.
+    noisy = (("santurkar_fig1_mlp", "final_acc", "final test acc"),
+             ("santurkar_vgg_cpu", "final_train_acc", "final train acc (training mode)"))  # fmt: skip
+    rows = [row for net, key, what in noisy for row in (
+        (net, "noisy BN (unstable layer inputs) still trains better than no BN (Fig. 2)", key, "noisy_bn",
+         "none", f"{what}, noisy BN - no BN (points)", "curves"),
+        (net, "noisy BN's layer inputs shift far more than BN's (Fig. 2)", "dist_wasserstein_late",
+         "noisy_bn", "builtin", "Wasserstein-1 shift (2nd half), noisy BN - BN", "ics_distribution"),
+    )]  # fmt: skip
+    rows += [row for net in nets for row in (
+        (net, "BN does not reduce the gradient ICS; it may increase it (Fig. 3)", "ics_l2_late", "builtin",
+         "none", "gradient ICS ||G - G'|| (2nd half), BN - no BN", "ics_gradient"),
+        (net, "BN makes the loss change less along the gradient (Fig. 4a)", "loss_band_late", "none",
+         "builtin", "loss band (2nd half), no BN - BN", "landscape"),
+        (net, "BN makes the gradient more predictive: lower beta-smoothness (Fig. 4c)", "beta_late", "none",
+         "builtin", "effective beta (2nd half), no BN - BN", "landscape"),
+    )]  # fmt: skip
+    return [
+        Claim("Santurkar et al. 2018", words, f"{nets[net]}, 3 seeds", (f"{folder}/{net}",),
+              santurkar_gain(net, key, test, control), effect,
+              **drawn("santurkar_figures", folder, f"{folder}/figures", f"{net}_{figure}.png"))
+        for net, words, key, test, control, effect, figure in rows
+    ]  # fmt: skip
+
+
+def batch_claims() -> list[Claim]:
+    folder, vgg = "batch_fashion_mnist", "VGG-11 at 1/8 width"
+    gn_setup = f"{vgg}, Fashion-MNIST, 30k examples, lr 0.0016 x batch, 3 seeds"
+    ghost = "Fig. 1 MLP with BN, Fashion-MNIST, batch 1024 = 8 x 128 (lr x sqrt 8) vs 128"
+    precise = "Fig. 1 MLP with BN, Fashion-MNIST, batch 60, 20k steps"
+    bn, gn, brn, ghost_bn = ({"norm__kind": k} for k in ("builtin", "groupnorm", "batch_renorm", "ghost_bn"))
+    few, paper_bn, paper_gn = {"data__sampler": "few_classes"}, GN_PAPER["builtin"], GN_PAPER["groupnorm"]
+    brn_gain = "final test acc, Batch Renorm - BN (points)"
+
+    def batch(size, **where):
+        return {"data__batch_size": size, **where}
+
+    # A row: (paper, words, setup, dir under folder, measure, effect, figure under folder/figures). The
+    # error claims measure the accuracy difference the other way (control's minus test's).
+    rows = [
+        ("Wu & He 2018", "at batch 2, BN's error is far above GroupNorm's (34.7% vs 24.1%)", gn_setup,
+         "gn_batch_size", last_metric_gain(gn | batch(2), bn | batch(2), paper_bn[2] - paper_gn[2]),
+         "final test error at batch 2, BN - GN (points)", "gn_batch_size_error.png"),
+        ("Wu & He 2018", "BN's error grows as the batch shrinks (batch 32 -> 4: 23.6% -> 27.3%)", gn_setup,
+         "gn_batch_size", last_metric_gain(bn | batch(32), bn | batch(4), paper_bn[4] - paper_bn[32]),
+         "final test error of BN, batch 4 - batch 32 (points)", "gn_batch_size_error.png"),
+        ("Ioffe 2017", "on microbatches of 4, Batch Renorm beats BN", f"{vgg}, batch 4, 1 epoch, 3 seeds",
+         "brn_small_batch", last_metric_gain(brn, bn), brn_gain, "brn_small_batch_curves.png"),
+        ("Ioffe 2017", "on non-i.i.d. batches, Batch Renorm beats BN",
+         f"{vgg}, batches of 32 from 2 classes, 3 seeds", "brn_non_iid",
+         last_metric_gain(brn | few, bn | few), brn_gain, "brn_non_iid_curves.png"),
+        ("Hoffer et al. 2017", "ghost batches narrow a large batch's generalization gap",
+         f"{ghost}, 10 epochs, 3 seeds", "ghost_large_batch",
+         last_metric_gain(ghost_bn | {"epochs": 10}, bn | batch(1024, epochs=10)),
+         "final test acc at batch 1024, Ghost BN - BN (points)", "ghost_large_batch_curves.png"),
+        ("Hoffer et al. 2017",
+         "ghost BN with regime adaptation (8x the steps) matches or beats the small batch",
+         f"{ghost}, 80 vs 10 epochs, 3 seeds", "ghost_large_batch",
+         last_metric_gain(ghost_bn | {"epochs": 80}, batch(128)),
+         "final test acc, Ghost BN 1024 (80 ep.) - BN 128 (10 ep.) (points)", "ghost_large_batch_curves.png"),
+    ]  # fmt: skip
+    rows += [
+        ("Wu & Johnson 2021", "PreciseBN's statistics beat the moving averages (EMA)",
+         f"{precise}, lr {lr}, 3 seeds", "precise_bn", precise_gain(lr),
+         "final test acc, PreciseBN (largest N) - EMA (points)", "precise_bn_vs_n.png")
+        for lr in (0.1, 0.01)
+    ]  # fmt: skip
+    return [
+        Claim(paper, words, setup, (f"{folder}/{exp}",), measure, effect,
+              **drawn("batch_effects", folder, f"{folder}/figures", figure))
+        for paper, words, setup, exp, measure, effect, figure in rows
     ]  # fmt: skip
 
 
 CLAIMS: tuple[Claim, ...] = (
     *fig1_claims(),
-    *speedup_claims("fig2cpu_fashion_mnist",
-        "inception at 1/16 width, Fashion-MNIST, whole schedules in 3k steps",
-                    "python scripts/speedup_table.py results/fig2cpu_fashion_mnist"
-                    " --out results/fig2cpu_fashion_mnist/figures",
-                    "fig2cpu_fashion_mnist/figures/fig2_speedup_cpu_scale_fashion_mnist.png", control=True),
-    *speedup_claims("fig2_cpu_fashion_mnist",
-        "full presets at 1/4 width, Fashion-MNIST, first 3k of 60k steps, 1 seed",
-                    MAKE_FIGURES, "figures/fig2_speedup_fashion_mnist.png", control=False),
+    *speedup_claims(),
     *section_3_claims(),
     *santurkar_claims(),
     *batch_claims(),
-)  # fmt: skip
+)
 
 
 # ---------------------------------------------------------------------------------------------- the file
@@ -699,31 +618,35 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+HEADER = """\
+# Claims we test, and what the committed runs say
+
+Generated by `{regenerate}` from the run dirs under results/ (do not edit by hand).
+
+**{claims} claims: {counts}**{end}
+
+## The verdict rule
+
+{rule}
+
+## Claims
+
+| # | paper | claim (the paper's words, in short) | our setup | effect: mean +- 95% t-interval (seeds) \
+| paper's size | verdict | command | figure |
+|---|---|---|---|---|---|---|---|---|"""
+PENDING_HEADER = """
+## Pending
+
+| paper | claim | our setup | effect | runs expected in |
+|---|---|---|---|---|"""
+
+
 def markdown(rows: Sequence[Row], regenerate: str) -> str:
     done = [r for r in rows if r.effect is not None]
+    pending = [r for r in rows if r.effect is None]
     counts = ", ".join(f"{sum(r.verdict == v for r in done)} {v}" for v in VERDICTS)
-    lines = [
-        "# Claims we test, and what the committed runs say",
-        "",
-        f"Generated by `{regenerate}` from the run dirs under results/ (do not edit by hand).",
-        "",
-        f"**{len(done)} claims: {counts}**"
-        + (
-            f"; {len(rows) - len(done)} pending (their runs are not committed yet)."
-            if len(done) < len(rows)
-            else "."
-        ),
-        "",
-        "## The verdict rule",
-        "",
-        RULE,
-        "",
-        "## Claims",
-        "",
-        "| # | paper | claim (the paper's words, in short) | our setup "
-        "| effect: mean +- 95% t-interval (seeds) | paper's size | verdict | command | figure |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    end = f"; {len(pending)} pending (their runs are not committed yet)." if pending else "."
+    lines = [HEADER.format(regenerate=regenerate, claims=len(done), counts=counts, end=end, rule=RULE)]
     for i, row in enumerate(done, 1):
         c, e = row.claim, row.effect
         paper = "-" if e.paper is None else _number(e.paper)
@@ -731,15 +654,8 @@ def markdown(rows: Sequence[Row], regenerate: str) -> str:
             f"| {i} | {c.paper} | {_cell(c.words)} | {_cell(c.setup)} | {_cell(c.effect)}: {effect_text(e)} "
             f"| {paper} | **{row.verdict}** | `{c.command}` | [{Path(c.figure).name}]({c.figure}) |"
         )
-    pending = [r for r in rows if r.effect is None]
     if pending:
-        lines += [
-            "",
-            "## Pending",
-            "",
-            "| paper | claim | our setup | effect | runs expected in |",
-            "|---|---|---|---|---|",
-        ]
+        lines.append(PENDING_HEADER)
         for row in pending:
             c = row.claim
             where = ", ".join(f"results/{d}" for d in c.dirs)

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bn_repro.analysis import speedup
 from bn_repro.analysis.figures import RunData, load_all, split_curves
-from bn_repro.analysis.speedup import mean_curve, steps_to_target, steps_to_target_per_run
 from bn_repro.analysis.stats import t_interval
 
 
@@ -33,38 +33,29 @@ def crossing_rows(curves: dict[str, list[RunData]], levels: Sequence[float]) -> 
     rows = []
     for label, runs in curves.items():
         finished = sorted((r for r in runs if not r.stopped_early), key=lambda r: (r.seed is None, r.seed))
-        mean = mean_curve([r.run for r in finished])
+        mean = speedup.mean_curve([r.run for r in finished])
         for level in levels:
-            per_run = steps_to_target_per_run([r.run for r in finished], level)
+            per_run = speedup.steps_to_target_per_run([r.run for r in finished], level)
             reached = [s for s in per_run if s is not None]
             steps_mean, half = t_interval(reached)
+            on_mean = speedup.steps_to_target(mean.steps, mean.test_acc, level) if mean else None
             rows.append({
                 "curve": label, "level": level, "runs": len(runs), "finished": len(finished),
                 "seeds_reaching": len(reached), "steps_mean": steps_mean, "steps_ci95": half,
                 "steps_min": min(reached, default=None), "steps_max": max(reached, default=None),
-                "mean_curve_steps": steps_to_target(mean.steps, mean.test_acc, level) if mean else None,
+                "mean_curve_steps": on_mean,
                 "per_seed": {r.seed: s for r, s in zip(finished, per_run, strict=True)},
             })  # fmt: skip
     return rows
 
 
-def _steps(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
 def crossings_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [
-        "| curve | test acc level | seeds reaching it (finished) | steps, mean +- 95% t-interval | range "
-        "| seed-mean curve |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        interval = _steps(r["steps_mean"]) + (
-            f" +- {_steps(r['steps_ci95'])}" if r["steps_ci95"] is not None else ""
-        )
-        span = f"{_steps(r['steps_min'])}-{_steps(r['steps_max'])}" if r["seeds_reaching"] else "-"
-        lines.append(
-            f"| {r['curve']} | {100 * r['level']:.2f}% | {r['seeds_reaching']} ({r['finished']}) "
-            f"| {interval} | {span} | {_steps(r['mean_curve_steps'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    columns = ("curve", "test acc level", "seeds reaching it (finished)", "steps, mean +- 95% t-interval")
+    cells = [
+        (r["curve"], f"{100 * r['level']:.2f}%", f"{r['seeds_reaching']} ({r['finished']})",
+         speedup.spread(r["steps_mean"], r["steps_ci95"], "{:,.0f}"),
+         f"{r['steps_min']:,.0f}-{r['steps_max']:,.0f}" if r["seeds_reaching"] else "-",
+         speedup.spread(r["mean_curve_steps"], None, "{:,.0f}"))
+        for r in rows
+    ]  # fmt: skip
+    return "\n".join(speedup.markdown_table((*columns, "range", "seed-mean curve"), cells)) + "\n"

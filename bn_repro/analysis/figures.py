@@ -14,14 +14,14 @@ Fig. 2 and Fig. 3; every other run is a Fig. 1 run. Runs are grouped by dataset 
 dataset has runs of several lengths):
 
 - fig1a_test_accuracy_<dataset>: test accuracy vs steps, one curve per norm (no BN, BN (builtin),
-  BN (custom, explicit), ...): the mean over the seeds that finished, with a min-max band over them.
+  BN (custom, explicit), ...): the mean over the seeds that finished, the 95% t-interval of it as a band.
 - fig1bc_activations_<dataset>: the 15th/50th/85th percentiles of the input to the nonlinearity of one
   unit of the last hidden layer, one panel per norm on shared axes (the paper's Fig. 1(b,c)). The unit
   is the first probed one (probe.units[0]), the run the lowest seed that finished (else the lowest
   seed): one run, as the paper draws one, not a mean over seeds.
-- fig1_table_<dataset>.md/.csv: per norm, final and best test accuracy (mean and std over the seeds
-  that finished) and the steps the mean curve needs to reach the no-BN curve's best accuracy, with
-  the speedup that gives (the Fig. 3 measure applied to Fig. 1).
+- fig1_table_<dataset>.md/.csv (and _differences.csv): per norm, final and best test accuracy over the
+  seeds that finished and the steps to the no-BN curve's best accuracy, with the speedup that gives
+  (the Fig. 3 measure applied to Fig. 1); each norm minus torch's BN, paired by seed.
 - fig2_speedup_<dataset>: test accuracy vs steps for each fig2_* variant present (mean over finished
   seeds, with a min-max band over them when there are several), with the no-BN baseline's best
   accuracy (the Fig. 3 target) as a horizontal line.
@@ -37,7 +37,6 @@ the mean of its seeds down), as speedup.mean_curve does.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,8 @@ from matplotlib.ticker import StrMethodFormatter
 
 from bn_repro import norms
 from bn_repro.analysis import speedup, stats
-from bn_repro.analysis.runs_table import flatten
+from bn_repro.analysis.runs_table import find_run_dirs, flatten, read_summary
+from bn_repro.analysis.speedup import markdown_table, spread, write_csv
 from bn_repro.records.run_files import SUMMARY_FILE, measurement_file, read_measurement
 
 DATASET_NAMES = {
@@ -59,25 +59,14 @@ DATASET_NAMES = {
     "cifar10": "CIFAR-10",
     "synthetic": "synthetic",
 }
-# The paper's names for the Fig. 2/3 curves; fig2_sigmoid is its remark on Inception with sigmoid.
-VARIANT_LABELS = {
-    "fig2_inception": "Inception",
-    "fig2_bn_baseline": "BN-Baseline",
-    "fig2_bn_x5": "BN-x5",
-    "fig2_bn_x30": "BN-x30",
-    "fig2_bn_x5_sigmoid": "BN-x5-Sigmoid",
-    "fig2_sigmoid": "Inception-Sigmoid",
-    "fig2_inception_x5": "Inception at BN-x5's lr",
-}
-FIG2_PREFIX = "fig2_"
 # Figure/table file name part of each speedup preset family (bn_repro/analysis/speedup.py FAMILIES).
 FAMILY_TAGS = {"fig2_": "", "fig2cpu_": "cpu_scale_"}
 
 
 def variant_label(experiment_name: str) -> str:
-    """The paper's name of a speedup variant, whichever family its preset is in."""
+    """The paper's name of a speedup variant, whichever family its preset is in (else the variant)."""
     variant = speedup.variant_of(experiment_name)
-    return VARIANT_LABELS.get(f"{FIG2_PREFIX}{variant}", variant)
+    return speedup.PAPER_VARIANTS.get(variant, (variant,))[0]
 
 
 # Settings that change what a curve means: runs that differ in one of these are never averaged together.
@@ -100,6 +89,7 @@ FIG1_DIFFERENCE_COLUMNS = (
     "best_acc_diff_ci95", "interval_excludes_zero",
 )  # fmt: skip
 REFERENCE_NORM = "builtin"
+ACCURACIES = ("final_test_acc", "best_test_acc")  # summary.json's, per seed
 IMAGE_FORMATS = ("png", "pdf")
 PNG_DPI = 150
 
@@ -138,9 +128,8 @@ class RunData:
 
     @property
     def dataset(self) -> str:
-        return self.config.get("data", {}).get("name") or self.summary.get("provenance", {}).get(
-            "dataset", "?"
-        )
+        provenance = self.summary.get("provenance", {})
+        return self.config.get("data", {}).get("name") or provenance.get("dataset", "?")
 
     @property
     def norm_kind(self) -> str:
@@ -159,8 +148,7 @@ class RunData:
     @property
     def without_norm(self) -> bool:
         """The no-norm baseline (norm.kind=none): drawn first, the target of the Fig. 1 table."""
-        kind = self.norm_kind
-        return kind in norms.names() and norms.get(kind).identity
+        return self.norm_kind in norms.names() and norms.get(self.norm_kind).identity
 
     @property
     def seed(self) -> int | None:
@@ -177,11 +165,6 @@ class RunData:
         """Diverged, failed or still running: drawn on its own, never part of a mean."""
         return self.run.status != "finished"
 
-    @property
-    def is_fig2(self) -> bool:
-        """A run of the speedup experiment (a fig2_* or fig2cpu_* preset)."""
-        return speedup.family_of(self.experiment_name) is not None
-
 
 @dataclass
 class Report:
@@ -190,7 +173,7 @@ class Report:
 
 
 def load_run_data(run_dir: str | Path) -> RunData:
-    summary = speedup.read_summary(run_dir)
+    summary = read_summary(run_dir)
     return RunData(run=speedup.load_run(run_dir, summary), summary=summary)
 
 
@@ -200,7 +183,7 @@ def load_all(paths: Iterable[str | Path]) -> list[RunData]:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise NoRunsError(f"no such run dir or folder: {', '.join(missing)}")
-    run_dirs = speedup.find_run_dirs(paths)
+    run_dirs = find_run_dirs(paths)
     if not run_dirs:
         raise NoRunsError(
             f"no run dirs (folders holding {SUMMARY_FILE}) found in {', '.join(map(str, paths))}; train some "
@@ -212,24 +195,25 @@ def load_all(paths: Iterable[str | Path]) -> list[RunData]:
 # ---------------------------------------------------------------------------------------------- grouping
 
 
-def _curve_settings(runs: Sequence[RunData]) -> list[str]:
-    """The CURVE_SETTINGS keys whose value is not the same in every run."""
+def split_curves(runs: Sequence[RunData], label_of) -> dict[str, list[RunData]]:
+    """Runs by curve: `label_of(run)`, plus the CURVE_SETTINGS keys whose value differs between the runs,
+    if any."""
     flats = [flatten(r.config) for r in runs]
     keys = sorted({k for f in flats for k in f if k.startswith(CURVE_SETTINGS)})
-    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
-
-
-def split_curves(runs: Sequence[RunData], label_of) -> dict[str, list[RunData]]:
-    """Runs by curve: `label_of(run)`, plus the settings that differ between the runs, if any."""
-    differing = _curve_settings(runs)
+    differing = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
     curves: dict[str, list[RunData]] = {}
-    for run in runs:
-        flat = flatten(run.config)
+    for run, flat in zip(runs, flats, strict=True):
         label = label_of(run)
         if differing:
             label += " [" + ", ".join(f"{k}={flat.get(k)}" for k in differing) + "]"
         curves.setdefault(label, []).append(run)
     return curves
+
+
+def _norm_curves(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
+    """The Fig. 1 curves (split_curves by the norm's label): the no-norm baseline first, then by label."""
+    curves = split_curves(runs, lambda r: r.norm_label)
+    return dict(sorted(curves.items(), key=lambda item: (not item[1][0].without_norm, item[0])))
 
 
 def _figure_groups(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
@@ -242,19 +226,8 @@ def _figure_groups(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
     groups = {}
     for dataset, by_steps in sorted(by_dataset.items()):
         for steps, group in sorted(by_steps.items()):
-            suffix = dataset if len(by_steps) == 1 else f"{dataset}_{steps}steps"
-            groups[suffix] = group
+            groups[dataset if len(by_steps) == 1 else f"{dataset}_{steps}steps"] = group
     return groups
-
-
-def _norm_order(curves: dict[str, list[RunData]]):
-    """Sort key for curve labels: the no-norm baseline first, then by label."""
-    return lambda label: (not curves[label][0].without_norm, label)
-
-
-def _baseline_label() -> str:
-    """The label of the registry's identity entry ("no BN"): the curve the Fig. 1 table measures against."""
-    return next(norms.label({"kind": k}) for k in norms.names() if norms.get(k).identity)
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -300,13 +273,8 @@ def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: str | N
     if curve is not None:
         steps = np.array(curve.steps)
         n = len(curve.runs)
-        ax.plot(
-            steps,
-            100 * np.array(curve.test_acc),
-            color=color,
-            lw=1.6,
-            label=f"{label} (mean of {n} seeds)" if n > 1 else f"{label} (seed {curve.runs[0].seed})",
-        )
+        mean_label = f"{label} (mean of {n} seeds)" if n > 1 else f"{label} (seed {curve.runs[0].seed})"
+        ax.plot(steps, 100 * np.array(curve.test_acc), color=color, lw=1.6, label=mean_label)
         if band and n > 1:
             per_run = np.array(
                 [[dict(zip(r.steps, r.test_acc, strict=True))[s] for s in curve.steps] for r in curve.runs]
@@ -319,52 +287,41 @@ def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: str | N
             ax.fill_between(steps, 100 * low, 100 * high, color=color, alpha=0.2, lw=0)
     for run in runs:
         if run.stopped_early and run.run.steps:
-            ax.plot(
-                run.run.steps,
-                100 * np.array(run.run.test_acc),
-                color=color,
-                lw=1.0,
-                ls="--",
-                label=f"{label}, {_stop_text(run)}",
-            )
+            acc = 100 * np.array(run.run.test_acc)
+            ax.plot(run.run.steps, acc, color=color, lw=1.0, ls="--", label=f"{label}, {_stop_text(run)}")
     return curve
 
 
 def _steps_axis(ax) -> None:
     ax.set_xlabel("training steps")
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.grid(alpha=0.3)
 
 
-def _accuracy_axes(ax, legend_outside: bool) -> None:
-    """Axis labels and legend; a long legend (Fig. 2's variants) goes to the right of the axes."""
+def _accuracy_axes(ax, **legend) -> None:
+    """Axis labels and the legend (`legend`: where; Fig. 2's long one goes to the right of the axes)."""
     _steps_axis(ax)
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    if legend_outside:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    else:
-        ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, **legend)
 
 
 def plot_fig1a(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
-    curves = split_curves(runs, lambda r: r.norm_label)
-    for i, label in enumerate(sorted(curves, key=_norm_order(curves))):
-        _draw_accuracy(ax, label, curves[label], f"C{i}", band="ci95")
+    for i, (label, group) in enumerate(_norm_curves(runs).items()):
+        _draw_accuracy(ax, label, group, f"C{i}", band="ci95")
     ax.set_title(
         f"Fig. 1(a): {_title(runs)}\ntest accuracy, mean over seeds, band: 95% t-interval of the mean",
         fontsize=10,
     )
-    _accuracy_axes(ax, legend_outside=False)
+    _accuracy_axes(ax, loc="lower right")
     _save(fig, out_dir, stem, report)
 
 
 def _typical_run(runs: Sequence[RunData]) -> RunData | None:
     """The lowest seed that finished with probe rows, else the lowest seed with any."""
     probed = [r for r in runs if r.activations]
-    ranked = sorted(probed, key=lambda r: (r.stopped_early, r.seed if r.seed is not None else 0))
-    return ranked[0] if ranked else None
+    return min(probed, key=lambda r: (r.stopped_early, r.seed if r.seed is not None else 0), default=None)
 
 
 def _unit_series(run: RunData) -> tuple[str, int, dict[str, np.ndarray]]:
@@ -389,20 +346,17 @@ def _p50_over_seeds(runs: Sequence[RunData]) -> tuple[np.ndarray, np.ndarray] | 
         return None
     steps = sorted(set(series[0]["step"].tolist()).intersection(*(s["step"].tolist() for s in series[1:])))
     by_step = [dict(zip(s["step"].tolist(), s["p50"], strict=True)) for s in series]
-    values = np.array([[points[t] for t in steps] for points in by_step])
-    return np.array(steps), values
+    return np.array(steps), np.array([[points[t] for t in steps] for points in by_step])
 
 
 def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> bool:
     """One panel per norm, shared axes; False (nothing written) when no run has probe rows. With
     several seeds, a last panel draws the spread of the 50th percentile over seeds, per norm."""
-    curves = split_curves(runs, lambda r: r.norm_label)
-    order = sorted(curves, key=_norm_order(curves))
-    panels = [(label, _typical_run(curves[label])) for label in order]
-    panels = [(label, run) for label, run in panels if run is not None]
+    curves = _norm_curves(runs)
+    panels = [(label, run) for label, group in curves.items() if (run := _typical_run(group)) is not None]
     if not panels:
         return False
-    spreads = {label: spread for label in order if (spread := _p50_over_seeds(curves[label])) is not None}
+    spreads = {label: p50 for label, group in curves.items() if (p50 := _p50_over_seeds(group)) is not None}
     columns = len(panels) + bool(spreads)
     fig = Figure(figsize=(max(4.2 * columns, 6.4), 4.0), layout="constrained")
     axes = fig.subplots(1, columns, sharex=True, sharey=True, squeeze=False)[0]
@@ -415,19 +369,17 @@ def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Repor
         note = f", {_stop_text(run)}" if run.stopped_early else f", seed {run.seed}"
         ax.set_title(("without BN" if run.without_norm else f"with {label}") + note, fontsize=9)
         _steps_axis(ax)
-        ax.grid(alpha=0.3)
     activation = runs[0].config.get("model", {}).get("activation", "nonlinearity")
     axes[0].set_ylabel(f"input to the {activation}")
     axes[len(panels) - 1].legend(fontsize=8, loc="best")
     if spreads:
         ax = axes[-1]
         for label, (steps, values) in spreads.items():
-            color = f"C{order.index(label)}"  # the norm's colour in Fig. 1(a)
+            color = f"C{list(curves).index(label)}"  # the norm's colour in Fig. 1(a)
             ax.plot(steps, values.mean(0), color=color, lw=1.6, label=f"{label} ({len(values)} seeds)")
             ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
         ax.set_title("50th percentile over seeds: mean, band min-max", fontsize=9)
         _steps_axis(ax)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     where = "; ".join(f"unit {u} of {layer} (last hidden layer)" for layer, u in sorted(described))
     probe = runs[0].config.get("probe", {})
@@ -444,33 +396,26 @@ def plot_fig2(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report)
     fig = Figure(figsize=(9.0, 4.6), layout="constrained")
     ax = fig.add_subplot()
     baseline = speedup.baseline_of({r.experiment_name for r in runs})
-    variants = speedup.group_by_variant([r.run for r in runs], baseline)
-    by_dir = {r.run.run_dir: r for r in runs}
+    variants = speedup.group_by_variant(runs, baseline)  # RunData, by experiment_name as speedup's Runs
     color = 0
     for name, group in variants.items():
         label = variant_label(name)
-        curves = split_curves([by_dir[r.run_dir] for r in group], lambda _run, label=label: label)
+        curves = split_curves(group, lambda _run, label=label: label)
         for curve_label, curve_runs in curves.items():
             # With several seeds, the band is their min-max range around the mean curve.
             _draw_accuracy(ax, curve_label, curve_runs, f"C{color % 10}", band="minmax")
             color += 1
     # The line is the Fig. 3 target: the best of the baseline's curve as speedup.fig3_table computes it.
-    baseline_curve = speedup.mean_curve(variants.get(baseline, []))
+    baseline_curve = speedup.mean_curve([r.run for r in variants.get(baseline, [])])
     if baseline_curve is not None:
         best = baseline_curve.max_acc
-        ax.axhline(
-            100 * best,
-            color="gray",
-            lw=0.8,
-            ls=":",
-            label=f"{variant_label(baseline)}'s best: {100 * best:.2f}%",
-        )
-    seeds = max(len(g) for g in variants.values())
-    spread = ", band: min-max over seeds" if seeds > 1 else ""
+        label = f"{variant_label(baseline)}'s best: {100 * best:.2f}%"
+        ax.axhline(100 * best, color="gray", lw=0.8, ls=":", label=label)
+    spread_text = ", band: min-max over seeds" if max(len(g) for g in variants.values()) > 1 else ""
     ax.set_title(
-        f"Fig. 2: {_title(runs)}\ntest accuracy of each variant, mean over seeds{spread}", fontsize=10
+        f"Fig. 2: {_title(runs)}\ntest accuracy of each variant, mean over seeds{spread_text}", fontsize=10
     )
-    _accuracy_axes(ax, legend_outside=True)
+    _accuracy_axes(ax, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, out_dir, stem, report)
 
 
@@ -485,54 +430,53 @@ def write_fig3_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: 
     except ValueError as error:
         note = f"Fig. 3 table for {_title(runs)} not computed: {error}."
         report.notes.append(note)
-        path = out_dir / f"{stem}.md"
-        path.write_text(heading + note + "\n")
-        report.written.append(path)
+        (out_dir / f"{stem}.md").write_text(heading + note + "\n")
+        report.written.append(out_dir / f"{stem}.md")
         return
     md_path, csv_path = speedup.write_fig3(rows, out_dir, stem)
     md_path.write_text(heading + md_path.read_text())
     report.written += [md_path, csv_path]
 
 
+def _accuracy_columns(finished: Sequence[RunData], kind: str) -> dict[str, Any]:
+    """{kind}_acc_mean, _std (sample) and _ci95 (half-width) of summary.json's {kind}_test_acc over the
+    finished seeds (None without values, the std and interval below two)."""
+    values = np.array([r.summary[f"{kind}_test_acc"] for r in finished], dtype=float)
+    return {
+        f"{kind}_acc_mean": values.mean() if len(values) else None,
+        f"{kind}_acc_std": values.std(ddof=1) if len(values) > 1 else None,
+        f"{kind}_acc_ci95": stats.t_interval(values)[1],
+    }
+
+
 def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     """One row per Fig. 1 curve (FIG1_COLUMNS); the target is the best accuracy of the no-BN mean curve."""
-    curves = split_curves(runs, lambda r: r.norm_label)
-    labels = sorted(curves, key=_norm_order(curves))
-    means = {label: speedup.mean_curve([r.run for r in curves[label]]) for label in labels}
+    curves = _norm_curves(runs)
+    means = {label: speedup.mean_curve([r.run for r in group]) for label, group in curves.items()}
     # The no-norm curve; when the curves differ in a setting (e.g. each norm at its own learning rate),
     # its label carries that setting, so it is found by its runs, not by its label.
-    without = [label for label in labels if curves[label][0].without_norm]
-    baseline = means.get(without[0]) if len(without) == 1 else means.get(_baseline_label())
+    without = [label for label, group in curves.items() if group[0].without_norm]
+    identity = next(norms.label({"kind": k}) for k in norms.names() if norms.get(k).identity)  # "no BN"
+    baseline = means.get(without[0]) if len(without) == 1 else means.get(identity)
     target = baseline.max_acc if baseline else None
     base_steps = speedup.steps_to_target(baseline.steps, baseline.test_acc, target) if baseline else None
     rows = []
-    for label in labels:
-        finished = [r for r in curves[label] if not r.stopped_early]
-        final = np.array([r.summary["final_test_acc"] for r in finished], dtype=float)
-        best = np.array([r.summary["best_test_acc"] for r in finished], dtype=float)
+    for label, group in curves.items():
+        finished = [r for r in group if not r.stopped_early]
         curve = means[label]
         steps = speedup.steps_to_target(curve.steps, curve.test_acc, target) if curve and target else None
         per_run = [] if target is None else speedup.steps_to_target_per_run([r.run for r in finished], target)
         reached = [s for s in per_run if s is not None]
-        seed_steps, seed_steps_ci = stats.t_interval(reached)
-        rows.append({
-            "curve": label,
-            "runs": len(curves[label]),
-            "finished": len(finished),
-            "final_acc_mean": final.mean() if len(final) else None,
-            "final_acc_std": final.std(ddof=1) if len(final) > 1 else None,
-            "best_acc_mean": best.mean() if len(best) else None,
-            "best_acc_std": best.std(ddof=1) if len(best) > 1 else None,
-            "target_acc": target,
-            "steps_to_target": steps,
+        row = {
+            "curve": label, "runs": len(group), "finished": len(finished),
+            **_accuracy_columns(finished, "final"), **_accuracy_columns(finished, "best"),
+            "target_acc": target, "steps_to_target": steps,
             # A curve reaching the target at step 0 has no finite speedup: left empty.
             "speedup": base_steps / steps if base_steps and steps else None,
-            "final_acc_ci95": stats.t_interval(final)[1],
-            "best_acc_ci95": stats.t_interval(best)[1],
             "seeds_reaching_target": len(reached) if target is not None else None,
-            "seed_steps_to_target_mean": seed_steps,
-            "seed_steps_to_target_ci95": seed_steps_ci,
-        })  # fmt: skip
+        }  # fmt: skip
+        row["seed_steps_to_target_mean"], row["seed_steps_to_target_ci95"] = stats.t_interval(reached)
+        rows.append(row)
     return rows
 
 
@@ -541,26 +485,24 @@ def fig1_differences(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     accuracy, paired by seed, with the 95% t-interval of the mean difference (FIG1_DIFFERENCE_COLUMNS).
     Empty without exactly one reference curve. A custom BN that matches torch's has an interval around
     zero; the no-BN row is BN's effect."""
-    curves = split_curves(runs, lambda r: r.norm_label)
+    curves = _norm_curves(runs)
     references = [label for label, group in curves.items() if group[0].norm_kind == REFERENCE_NORM]
     if len(references) != 1:
         return []
-    reference = references[0]
 
     def by_seed(label: str, key: str) -> dict[int, float]:
         finished = [r for r in curves[label] if not r.stopped_early and r.seed is not None]
         return {r.seed: float(r.summary[key]) for r in finished}
 
     rows = []
-    for label in sorted(curves, key=_norm_order(curves)):
-        if label == reference:
+    for label in curves:
+        if label == references[0]:
             continue
         final, best = (
-            stats.paired_difference(by_seed(label, key), by_seed(reference, key))
-            for key in ("final_test_acc", "best_test_acc")
+            stats.paired_difference(by_seed(label, k), by_seed(references[0], k)) for k in ACCURACIES
         )
         rows.append({
-            "curve": label, "reference": reference, "pairs": final.pairs,
+            "curve": label, "reference": references[0], "pairs": final.pairs,
             "final_acc_diff_mean": final.mean, "final_acc_diff_ci95": final.ci,
             "best_acc_diff_mean": best.mean, "best_acc_diff_ci95": best.ci,
             "interval_excludes_zero": final.excludes_zero,
@@ -568,51 +510,45 @@ def fig1_differences(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     return rows
 
 
-def _pct_interval(mean: float | None, half: float | None, std: float | None = None) -> str:
-    """'88.63% +- 0.31' (a 95% half-width), with the std after it when given."""
-    if mean is None:
-        return "-"
-    text = f"{100 * mean:.2f}%"
-    if half is not None:
-        text += f" +- {100 * half:.2f}"
-    if std is not None:
-        text += f" (std {100 * std:.2f})"
-    return text
+def _fig1_cells(row: dict[str, Any]) -> list[str]:
+    """A Fig. 1 table row: accuracies as '88.63% +- 0.31 (std 0.40)' (95% half-width, sample std)."""
+    accuracies = [
+        spread(row[f"{k}_acc_mean"], row[f"{k}_acc_ci95"], "{:.2f}%", 100, "{:.2f}")
+        + ("" if row[f"{k}_acc_std"] is None else f" (std {100 * row[f'{k}_acc_std']:.2f})")
+        for k in ("final", "best")
+    ]
+    reaching = "-" if row["seeds_reaching_target"] is None else row["seeds_reaching_target"]
+    per_seed = spread(row["seed_steps_to_target_mean"], row["seed_steps_to_target_ci95"], "{:,.0f}")
+    return [
+        row["curve"], f"{row['runs']} ({row['finished']})", *accuracies,
+        spread(row["steps_to_target"], None, "{:,}"), spread(row["speedup"], None, "{:.1f}x"),
+        f"{per_seed} ({reaching}/{row['finished']})",
+    ]  # fmt: skip
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+def _difference_cells(row: dict[str, Any]) -> list[Any]:
+    """A row of the paired differences: in accuracy points, mean +- 95% half-width."""
+    excludes = row["interval_excludes_zero"]
+    return [
+        row["curve"], row["pairs"],
+        *(spread(row[f"{k}_acc_diff_mean"], row[f"{k}_acc_diff_ci95"], "{:+.3f}", 100, "{:.3f}")
+          for k in ("final", "best")),
+        "-" if excludes is None else "yes" if excludes else "no",
+    ]  # fmt: skip
 
 
 def write_fig1_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report) -> None:
     rows = fig1_rows(runs)
     target = rows[0]["target_acc"] if rows else None
     target_text = f"{100 * target:.2f}% (no-BN best)" if target else "the no-BN best (no no-BN runs)"
+    columns = (
+        "curve", "seeds (finished)", "final test acc", "best test acc", f"steps to {target_text}, mean curve",
+        "speedup", "each seed's steps to it (seeds reaching it)",
+    )  # fmt: skip
     lines = [
         f"**Fig. 1 numbers: {_title(runs)}**",
         "",
-        f"| curve | seeds (finished) | final test acc | best test acc | steps to {target_text}, mean curve "
-        "| speedup | each seed's steps to it (seeds reaching it) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        steps, gain = row["steps_to_target"], row["speedup"]
-        seed_steps, seed_ci = row["seed_steps_to_target_mean"], row["seed_steps_to_target_ci95"]
-        reaching = row["seeds_reaching_target"]
-        per_seed = "-" if seed_steps is None else f"{seed_steps:,.0f}" + (
-            f" +- {seed_ci:,.0f}" if seed_ci is not None else "")  # fmt: skip
-        lines.append(
-            f"| {row['curve']} | {row['runs']} ({row['finished']}) "
-            f"| {_pct_interval(row['final_acc_mean'], row['final_acc_ci95'], row['final_acc_std'])} "
-            f"| {_pct_interval(row['best_acc_mean'], row['best_acc_ci95'], row['best_acc_std'])} "
-            f"| {f'{steps:,}' if steps is not None else '-'} "
-            f"| {f'{gain:.1f}x' if gain else '-'} "
-            f"| {per_seed} ({'-' if reaching is None else reaching}/{row['finished']}) |"
-        )
-    lines += [
+        *markdown_table(columns, map(_fig1_cells, rows)),
         "",
         "Mean +- the half-width of the 95% Student t-interval of the mean over the seeds that finished "
         "(sample std in brackets). Steps to the target: the first evaluation at or above it, on the "
@@ -626,61 +562,32 @@ def write_fig1_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: 
             f"**Against {differences[0]['reference']}, paired by seed** (curve minus reference; mean +- "
             "95% t-interval of the per-seed difference, in accuracy points)",
             "",
-            "| curve | seed pairs | final test acc difference | best test acc difference | "
-            "interval excludes 0 |",
-            "|---|---|---|---|---|",
         ]
-
-        def points(mean, half):
-            if mean is None:
-                return "-"
-            return f"{100 * mean:+.3f}" + (f" +- {100 * half:.3f}" if half is not None else "")
-
-        for row in differences:
-            excludes = row["interval_excludes_zero"]
-            lines.append(
-                f"| {row['curve']} | {row['pairs']} "
-                f"| {points(row['final_acc_diff_mean'], row['final_acc_diff_ci95'])} "
-                f"| {points(row['best_acc_diff_mean'], row['best_acc_diff_ci95'])} "
-                f"| {'-' if excludes is None else 'yes' if excludes else 'no'} |"
-            )
-        _write_csv(out_dir / f"{stem}_differences.csv", FIG1_DIFFERENCE_COLUMNS, differences)
-        report.written.append(out_dir / f"{stem}_differences.csv")
-    md_path, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+        columns = ("curve", "seed pairs", "final test acc difference", "best test acc difference")
+        lines += markdown_table((*columns, "interval excludes 0"), map(_difference_cells, differences))
+        report.written.append(
+            write_csv(out_dir / f"{stem}_differences.csv", FIG1_DIFFERENCE_COLUMNS, differences)
+        )
+    md_path = out_dir / f"{stem}.md"
     md_path.write_text("\n".join(lines) + "\n")
-    _write_csv(csv_path, FIG1_COLUMNS, rows)
-    report.written += [md_path, csv_path]
+    report.written += [md_path, write_csv(out_dir / f"{stem}.csv", FIG1_COLUMNS, rows)]
 
 
 def write_summary_csv(runs: Sequence[RunData], out_dir: Path) -> Path:
-    path = out_dir / "summary.csv"
     ordered = sorted(
         runs, key=lambda r: (r.experiment_name, r.dataset, not r.without_norm, r.norm_label, r.seed or 0)
     )
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        for run in ordered:
-            s = run.summary
-            writer.writerow(
-                {
-                    "experiment_name": run.experiment_name,
-                    "dataset": run.dataset,
-                    "norm": run.norm_kind,
-                    "backward": run.backward,
-                    "seed": run.seed,
-                    "steps": s.get("steps"),
-                    "max_steps": run.max_steps,
-                    "final_test_acc": s.get("final_test_acc"),
-                    "best_test_acc": s.get("best_test_acc"),
-                    "diverged": run.run.diverged,
-                    "status": run.run.status,
-                    "wall_time_s": s.get("wall_time_s"),
-                    "steps_per_s": s.get("steps_per_s"),
-                    "run_dir": os.path.relpath(run.run.run_dir, out_dir),
-                }
-            )
-    return path
+    rows = [
+        {
+            "experiment_name": run.experiment_name, "dataset": run.dataset, "norm": run.norm_kind,
+            "backward": run.backward, "seed": run.seed, "max_steps": run.max_steps,
+            "diverged": run.run.diverged, "status": run.run.status,
+            "run_dir": os.path.relpath(run.run.run_dir, out_dir),
+            **{k: run.summary.get(k) for k in ("steps", *ACCURACIES, "wall_time_s", "steps_per_s")},
+        }
+        for run in ordered
+    ]  # fmt: skip
+    return write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, rows)
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -692,8 +599,9 @@ def make_figures(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report()
-    fig1_runs = [r for r in runs if not r.is_fig2]
-    fig2_runs = [r for r in runs if r.is_fig2]
+    fig1_runs, fig2_runs = [], []
+    for run in runs:  # a run of the speedup experiment (a fig2_* or fig2cpu_* preset) is a Fig. 2 run
+        (fig2_runs if speedup.family_of(run.experiment_name) else fig1_runs).append(run)
     if not fig1_runs:
         report.notes.append("Fig. 1 skipped: no Fig. 1 runs (every run is a fig2_* one)")
     for suffix, group in _figure_groups(fig1_runs).items():
@@ -704,7 +612,7 @@ def make_figures(paths: Iterable[str | Path], out_dir: str | Path) -> Report:
                 f"Fig. 1(b,c) for {_title(group)} skipped: no run has {measurement_file('activations')} rows"
             )
     if not fig2_runs:
-        report.notes.append(f"Fig. 2 and the Fig. 3 table skipped: no {FIG2_PREFIX}* runs")
+        report.notes.append("Fig. 2 and the Fig. 3 table skipped: no fig2_* runs")
     for suffix, group in _figure_groups(fig2_runs).items():
         plot_fig2(group, out_dir, f"fig2_speedup_{suffix}", report)
         write_fig3_table(group, out_dir, f"fig3_table_{suffix}", report)

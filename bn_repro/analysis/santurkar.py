@@ -48,6 +48,7 @@ import math
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +58,10 @@ from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from bn_repro.analysis.figures import PNG_DPI, NoRunsError, Report, RunData, load_all
 from bn_repro.analysis.runs_table import flatten
-from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, measurement_file
+from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, measurement_file, read_csv
 
-__all__ = [
-    "MEASUREMENTS",
-    "MissingMeasurementError",
-    "NoRunsError",
-    "Variant",
-    "collect_runs",
-    "make_santurkar_figures",
-    "table_rows",
-    "variants_of",
-]
+__all__ = ["MEASUREMENTS", "MissingMeasurementError", "NoRunsError", "Variant", "collect_runs",
+           "make_santurkar_figures", "table_rows", "variants_of"]  # fmt: skip
 
 MEASUREMENTS = ("activations", "ics_gradient", "ics_distribution", "landscape")
 # Settings besides the norm and the lr that change what a curve means (never merged over).
@@ -79,15 +72,17 @@ LR_STYLES = ("-", "--", ":", "-.")
 # The ICS layers drawn one by one in the Fig. 3 style figure (besides the average over layers).
 ICS_PANELS = 4
 MAX_SMALL_LOG_RATIO = 30.0  # a y range spanning more than this factor is drawn on a log scale
-# <key>: the mean over all measured steps; <key>_late: over the second half of training (steps >
-# max_steps / 2), which leaves out the start (e.g. a no-BN net's plateau at chance).
-PER_STEP_KEYS = (
-    "ics_l2", "ics_cos", "dist_mean_shift", "dist_log_std_ratio", "dist_wasserstein", "loss_band",
-    "grad_diff_max", "beta",
-)  # fmt: skip
+DIST_STATS = ("mean_shift", "log_std_ratio", "wasserstein")
+# The table's keys averaged over measured steps and the quantity (SOURCES) each averages. <key>: the mean
+# over all measured steps; <key>_late: over the second half of training (steps > max_steps / 2), which
+# leaves out the start (e.g. a no-BN net's plateau at chance).
+PER_STEP = {
+    "ics_l2": "l2_diff", "ics_cos": "cosine", **{f"dist_{s}": s for s in DIST_STATS},
+    "loss_band": "loss_band", "grad_diff_max": "grad_diff_max", "beta": "beta_smoothness",
+}  # fmt: skip
 NUMBER_KEYS = (
     "final_acc", "best_acc", "final_train_acc", "population_acc", "ics_l2_last", "ics_cos_last",
-    *(k + suffix for k in PER_STEP_KEYS for suffix in ("", "_late")),
+    *(k + suffix for k in PER_STEP for suffix in ("", "_late")),
     *(f"{m}_ms_per_call" for m in MEASUREMENTS), "measure_share",
 )  # fmt: skip
 TABLE_COLUMNS = (
@@ -102,6 +97,10 @@ class MissingMeasurementError(FileNotFoundError):
 
 
 # ---------------------------------------------------------------------------------------------- grouping
+
+
+def _seed_order(run: RunData) -> int:
+    return run.seed if run.seed is not None else 0
 
 
 @dataclass
@@ -140,7 +139,7 @@ class Variant:
 
     def typical_run(self) -> RunData:
         """The lowest seed: the run drawn where the paper draws one run."""
-        return min(self.runs, key=lambda r: r.seed if r.seed is not None else 0)
+        return min(self.runs, key=_seed_order)
 
 
 def _differing(flats: Sequence[dict[str, Any]], keep: Callable[[str], bool]) -> list[str]:
@@ -158,48 +157,32 @@ def _lr_text(lr: float | None) -> str:
 
 
 def by_experiment(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
-    groups: dict[str, list[RunData]] = {}
-    for run in runs:
-        groups.setdefault(run.experiment_name, []).append(run)
-    return dict(sorted(groups.items()))
+    names = sorted({r.experiment_name for r in runs})
+    return {name: [r for r in runs if r.experiment_name == name] for name in names}
 
 
 def variants_of(runs: Sequence[RunData]) -> list[Variant]:
     """The runs of one experiment by variant (module docstring), in the order no BN, BN, noisy BN, others,
     each by lr."""
-    flats = {id(r): flatten(r.config) for r in runs}
+    flats = [flatten(r.config) for r in runs]
     several_lrs = len({_lr(r) for r in runs}) > 1
-    others = _differing(list(flats.values()), lambda k: k.startswith(SPLIT_SETTINGS) and k != "optim.lr")
-    # A norm's own options (e.g. noisy BN's ramp_steps) split the runs of that norm only.
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        by_kind.setdefault(run.norm_kind, []).append(flats[id(run)])
-    norm_keys = {
-        kind: _differing(fs, lambda k: k.startswith("norm.") and k != "norm.kind")
-        for kind, fs in by_kind.items()
-    }
+    others = _differing(flats, lambda k: k.startswith(SPLIT_SETTINGS) and k != "optim.lr")
     groups: dict[tuple, list[RunData]] = {}
-    for run in runs:
-        flat = flats[id(run)]
-        settings = tuple(f"{k}={flat.get(k)}" for k in [*others, *norm_keys[run.norm_kind]])
+    for run, flat in zip(runs, flats, strict=True):
+        # A norm's own options (e.g. noisy BN's ramp_steps) split the runs of that norm only.
+        of_norm = [f for r, f in zip(runs, flats, strict=True) if r.norm_kind == run.norm_kind]
+        keys = [*others, *_differing(of_norm, lambda k: k.startswith("norm.") and k != "norm.kind")]
+        settings = tuple(f"{k}={flat.get(k)}" for k in keys)
         groups.setdefault((run.norm_kind, _lr(run), settings), []).append(run)
     lrs = sorted({lr for _, lr, _ in groups if lr is not None})
     variants = []
     for (kind, lr, settings), group in groups.items():
         label = group[0].norm_label + (f", lr {_lr_text(lr)}" if several_lrs else "")
-        if settings:
-            label += " [" + ", ".join(settings) + "]"
+        label += " [" + ", ".join(settings) + "]" if settings else ""
         finished = [r for r in group if not r.stopped_early]
-        variants.append(
-            Variant(
-                label=label,
-                norm_kind=kind,
-                lr=lr,
-                runs=sorted(finished or group, key=lambda r: r.seed if r.seed is not None else 0),
-                left_out=[r for r in group if r.stopped_early] if finished else [],
-                lr_rank=lrs.index(lr) if lr in lrs else 0,
-            )
-        )
+        left_out = [r for r in group if r.stopped_early] if finished else []
+        rank = lrs.index(lr) if lr in lrs else 0
+        variants.append(Variant(label, kind, lr, sorted(finished or group, key=_seed_order), left_out, rank))
 
     def order(v: Variant):
         rank = NORM_ORDER.index(v.norm_kind) if v.norm_kind in NORM_ORDER else len(NORM_ORDER)
@@ -208,34 +191,27 @@ def variants_of(runs: Sequence[RunData]) -> list[Variant]:
     return sorted(variants, key=order)
 
 
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def _cadence_hint(name: str) -> str:
-    if name == "activations":
-        return "measure.activations.every (the default follows trainer.eval_every; 0 switches it off)"
-    return f"measure.{name}.every=N (N > 0; it is 0, off, by default)"
-
-
 def require(variants: Sequence[Variant], name: str) -> None:
     """Raise MissingMeasurementError when a run the figures use has no rows of measurement `name`."""
-    for variant in variants:
-        for run in variant.runs:
-            if run.measurement(name):
-                continue
-            path = run.run.run_dir / measurement_file(name)
-            if not path.exists():
-                raise MissingMeasurementError(
-                    f"{run.run.run_dir} ({run.experiment_name}, {variant.label}, seed {run.seed}) has no "
-                    f"{measurement_file(name)}: it was trained without the {name} measurement. Train it "
-                    f"with {_cadence_hint(name)}, or leave the run out"
-                )
-            every = run.config.get("measure", {}).get(name, {}).get("every")
-            raise MissingMeasurementError(
-                f"{path} has no rows (measure.{name}.every={every}, the run stopped at step "
-                f"{run.summary.get('steps')}): train longer than the first measured step or lower "
-                f"measure.{name}.every"
+    for variant, run in ((v, r) for v in variants for r in v.runs if not r.measurement(name)):
+        path = run.run.run_dir / measurement_file(name)
+        if not path.exists():
+            hint = (
+                "measure.activations.every (the default follows trainer.eval_every; 0 switches it off)"
+                if name == "activations"
+                else f"measure.{name}.every=N (N > 0; it is 0, off, by default)"
             )
+            raise MissingMeasurementError(
+                f"{run.run.run_dir} ({run.experiment_name}, {variant.label}, seed {run.seed}) has no "
+                f"{path.name}: it was trained without the {name} measurement. Train it with {hint}, or "
+                "leave the run out"
+            )
+        every = run.config.get("measure", {}).get(name, {}).get("every")
+        raise MissingMeasurementError(
+            f"{path} has no rows (measure.{name}.every={every}, the run stopped at step "
+            f"{run.summary.get('steps')}): train longer than the first measured step or lower "
+            f"measure.{name}.every"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- series
@@ -263,7 +239,8 @@ def band(series: Sequence[dict[int, float]]) -> Band:
 
 
 def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std over seeds of the values that are numbers (std None with fewer than two)."""
+    """Mean and sample std over seeds of the values that are numbers (std None with fewer than two). Not
+    stats.mean_std: its exact sums differ from numpy's in the last digit of the committed tables."""
     xs = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if not len(xs):
         return None, None
@@ -272,109 +249,85 @@ def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | Non
     return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else None
 
 
-def metric_series(run: RunData, column: str) -> dict[int, float]:
-    path = run.run.run_dir / METRICS_FILE
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    series = {}
-    for row in rows:
-        value = float(row[column]) if row.get(column) not in (None, "") else math.nan
-        if not math.isnan(value):
-            series[int(row["step"])] = value
-    return series
-
-
-def ics_layers(run: RunData) -> list[str]:
-    """ics_gradient's layers in depth order (the order of a step's rows)."""
-    return list(dict.fromkeys(r["layer"] for r in run.measurement("ics_gradient")))
-
-
-def ics_series(run: RunData, column: str, layer: str | None = None) -> dict[int, float]:
-    """{step: value} of one layer, or (layer None) the mean over the layers after the first."""
-    rows = run.measurement("ics_gradient")
-    if layer is not None:
-        return {r["step"]: float(r[column]) for r in rows if r["layer"] == layer}
-    first = ics_layers(run)[0]
-    per_step: dict[int, list[float]] = {}
-    for r in rows:
-        if r["layer"] != first:
-            per_step.setdefault(r["step"], []).append(float(r[column]))
-    return {step: float(np.mean(v)) for step, v in per_step.items()}
-
-
-def ics_profile(run: RunData, column: str, last_only: bool) -> dict[int, float]:
-    """{layer index: value} at the last measured step (last_only) or averaged over measured steps."""
-    rows = run.measurement("ics_gradient")
-    last = max(r["step"] for r in rows)
-    index = {layer: i for i, layer in enumerate(ics_layers(run))}
-    per_layer: dict[int, list[float]] = {}
-    for r in rows:
-        if not last_only or r["step"] == last:
-            per_layer.setdefault(index[r["layer"]], []).append(float(r[column]))
-    return {i: float(np.mean(v)) for i, v in per_layer.items()}
-
-
-DIST_STATS = ("mean_shift", "log_std_ratio", "wasserstein")
-DIST_LABELS = {
-    "mean_shift": "|mean shift|",
-    "log_std_ratio": "|log std ratio|",
-    "wasserstein": "Wasserstein-1",
-}
-
-
-def _dist_value(row: dict[str, Any], stat: str) -> float:
-    if stat == "mean_shift":
-        return abs(float(row["mean_shift"]))
-    if stat == "log_std_ratio":
-        ratio = float(row["std_ratio"])
-        return abs(math.log(ratio)) if ratio > 0 else math.inf
-    return float(row["wasserstein"])
-
-
-def dist_layers(run: RunData) -> list[str]:
-    return list(dict.fromkeys(r["layer"] for r in run.measurement("ics_distribution")))
-
-
-def dist_series(run: RunData, stat: str, layer: str | None = None) -> dict[int, float]:
-    """{step: mean over units (and layers, when layer is None) of the stat}."""
-    per_step: dict[int, list[float]] = {}
-    for r in run.measurement("ics_distribution"):
-        if layer is None or r["layer"] == layer:
-            per_step.setdefault(r["step"], []).append(_dist_value(r, stat))
-    return {step: float(np.mean(v)) for step, v in per_step.items()}
-
-
-def dist_profile(run: RunData, stat: str) -> dict[int, float]:
-    """{probed layer index: mean over units and measured steps of the stat}."""
-    index = {layer: i for i, layer in enumerate(dist_layers(run))}
-    per_layer: dict[int, list[float]] = {}
-    for r in run.measurement("ics_distribution"):
-        per_layer.setdefault(index[r["layer"]], []).append(_dist_value(r, stat))
-    return {i: float(np.mean(v)) for i, v in per_layer.items()}
-
-
-def landscape_series(run: RunData, column: str) -> dict[int, float]:
-    """{step: value}; column `loss_band` is loss_max - loss_min."""
-    rows = run.measurement("landscape")
-    if column == "loss_band":
-        return {r["step"]: float(r["loss_max"]) - float(r["loss_min"]) for r in rows}
-    return {r["step"]: float(r[column]) for r in rows}
-
-
 def _finite_mean(values: Iterable[float]) -> float | None:
     xs = [v for v in values if not math.isnan(v)]
     return float(np.mean(xs)) if xs else None
 
 
+def metric_series(run: RunData, column: str) -> dict[int, float]:
+    """{step: value} of a metrics.csv column at the steps that have one (read as text: a cell that an
+    unfinished run left empty or cut off is no value, not an error)."""
+    path = run.run.run_dir / METRICS_FILE
+    values = ((r["step"], r.get(column)) for r in (read_csv(path) if path.exists() else []))
+    return {int(step): float(v) for step, v in values if v not in (None, "") and not math.isnan(float(v))}
+
+
+def _layers(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """A measurement's layers in depth order (the order of a step's rows)."""
+    return list(dict.fromkeys(r["layer"] for r in rows))
+
+
+def _column(name: str) -> Callable[[dict[str, Any]], float]:
+    return lambda row: float(row[name])
+
+
+# Each quantity drawn or tabled: its measurement and its value in one of the measurement's rows.
+SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
+    **{c: ("ics_gradient", _column(c)) for c in ("l2_diff", "cosine")},
+    "mean_shift": ("ics_distribution", lambda r: abs(float(r["mean_shift"]))),
+    # A unit whose std went to 0 (it died): an infinite shift.
+    "log_std_ratio": (
+        "ics_distribution",
+        lambda r: abs(math.log(r["std_ratio"])) if r["std_ratio"] > 0 else math.inf,
+    ),
+    "wasserstein": ("ics_distribution", _column("wasserstein")),
+    "loss_band": ("landscape", lambda r: float(r["loss_max"]) - float(r["loss_min"])),
+    **{c: ("landscape", _column(c)) for c in ("loss_min", "loss_max", "grad_diff_min", "grad_diff_max")},
+    "beta_smoothness": ("landscape", _column("beta_smoothness")),
+}
+LABELS = {
+    "mean_shift": "Ioffe: |mean shift|", "log_std_ratio": "Ioffe: |log std ratio|",
+    "wasserstein": "Ioffe: Wasserstein-1", "l2_diff": "Santurkar: ||G - G'||_2",
+    "cosine": "Santurkar: cos(G, G')",
+}  # fmt: skip
+
+
+def _means(rows, key: Callable, value: Callable, keep: Callable) -> dict[Any, float]:
+    """{key(row): mean of value(row)} over the rows kept, in the order of the rows."""
+    groups: dict[Any, list[float]] = {}
+    for r in filter(keep, rows):
+        groups.setdefault(key(r), []).append(value(r))
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def series(run: RunData, quantity: str, layer: str | None = None) -> dict[int, float]:
+    """{step: value} of one layer, or (layer None) the mean over units and layers. Averages over
+    ics_gradient's layers leave out the first: it has no earlier layer (G' = G, l2 0, cosine 1)."""
+    name, value = SOURCES[quantity]
+    rows = run.measurement(name)
+    first = rows[0]["layer"] if name == "ics_gradient" and rows else None
+
+    def keep(r: dict[str, Any]) -> bool:
+        return r["layer"] == layer if layer is not None else first is None or r["layer"] != first
+
+    return _means(rows, lambda r: r["step"], value, keep)
+
+
+def profile(run: RunData, quantity: str, last_only: bool = False, first: bool = True) -> dict[int, float]:
+    """{layer index: value} at the last measured step (last_only) or averaged over measured steps (and
+    units); first=False leaves out the first layer (index 0)."""
+    name, value = SOURCES[quantity]
+    rows = run.measurement(name)
+    index = {layer: i for i, layer in enumerate(_layers(rows))}
+    last = max((r["step"] for r in rows), default=None)
+
+    def keep(r: dict[str, Any]) -> bool:
+        return (first or index[r["layer"]] > 0) and (not last_only or r["step"] == last)
+
+    return _means(rows, lambda r: index[r["layer"]], value, keep)
+
+
 # ---------------------------------------------------------------------------------------------- drawing
-
-
-def _save(fig: Figure, out_dir: Path, stem: str, report: Report) -> None:
-    path = out_dir / f"{stem}.png"
-    fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
-    report.written.append(path)
 
 
 def _steps_axis(ax, label: bool = True) -> None:
@@ -383,14 +336,6 @@ def _steps_axis(ax, label: bool = True) -> None:
         ax.set_xlabel("training steps")
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.grid(alpha=0.3)
-
-
-def _nonlinearity(run: RunData) -> str:
-    """What the probed values feed: the model's activation, or (a linear net) the next layer."""
-    model = run.config.get("model", {})
-    if model.get("name") == "linear_deep":
-        return "input to the next layer (linear net: no nonlinearity)"
-    return f"input to the {model.get('activation', 'nonlinearity')}"
 
 
 def _log_if_wide(ax, values: Iterable[float]) -> None:
@@ -405,22 +350,31 @@ def _log_if_wide(ax, values: Iterable[float]) -> None:
                     color="gray")  # fmt: skip
 
 
-def _draw_band(
-    ax, variant: Variant, b: Band, scale: float = 1.0, label: str | None = None, high: float | None = None
-) -> list[float]:
-    """The seed mean (line) and +- one std (shaded, at most `high`: a cosine's band stops at 1); returns
-    the values drawn (for the scale choice)."""
-    if not b.n:
-        return []
-    mean, std = scale * b.mean, scale * b.std
-    ax.plot(b.steps, mean, color=variant.color, ls=variant.style, lw=1.5, label=label or variant.legend())
-    if b.n > 1:
-        low = mean - std
-        # On a log scale a band reaching 0 or below would hide the line: clip it to the line's scale.
-        low = np.where(low > 0, low, np.where(mean > 0, mean / 10, low))
-        top = mean + std if high is None else np.minimum(mean + std, high)
-        ax.fill_between(b.steps, low, top, color=variant.color, alpha=0.18, lw=0)
-    return [*mean, *(mean + std)]
+def _band_panel(ax, variants: Sequence[Variant], of_run: Callable, kind: str = "log", scale: float = 1.0,
+                per_layer: bool = False) -> None:  # fmt: skip
+    """Per variant, the seed mean of of_run(run) ({step: value}) as a line and +- one std shaded. kind
+    "log": a log y scale when the values drawn span a wide range; "cosine": the band stops at 1, a dotted
+    line at 1; "linear". per_layer: of_run gives {layer index from 0: value}, drawn from 1 with markers."""
+    drawn = []
+    for v in variants:
+        b = band([of_run(r) for r in v.runs])
+        if not b.n:
+            continue
+        steps, mean, std = b.steps + 1 if per_layer else b.steps, scale * b.mean, scale * b.std
+        ax.plot(steps, mean, color=v.color, ls=v.style, lw=1.5, label=v.legend())
+        if b.n > 1:
+            low = mean - std
+            # On a log scale a band reaching 0 or below would hide the line: clip it to the line's scale.
+            low = np.where(low > 0, low, np.where(mean > 0, mean / 10, low))
+            top = np.minimum(mean + std, 1.0) if kind == "cosine" else mean + std
+            ax.fill_between(steps, low, top, color=v.color, alpha=0.18, lw=0)
+        if per_layer:
+            ax.plot(steps, mean, color=v.color, ls="none", marker="o", ms=3)
+        drawn += [*mean, *(mean + std)]
+    if kind == "cosine":
+        ax.axhline(1.0, color="black", lw=0.5, ls=":")
+    elif kind == "log":
+        _log_if_wide(ax, drawn)
 
 
 def _variant_legend(fig: Figure, ax) -> None:
@@ -431,48 +385,39 @@ def _variant_legend(fig: Figure, ax) -> None:
 
 def _title(exp: str, variants: Sequence[Variant]) -> str:
     run = variants[0].runs[0]
-    dataset = run.dataset
     model = run.config.get("model", {}).get("name", "")
     seeds = sorted({s for v in variants for s in v.seeds})
     seed_text = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}" if seeds else ""
-    return f"{exp}: {model + ', ' if model else ''}{dataset}, {run.max_steps:,} steps, {seed_text}"
+    return f"{exp}: {model + ', ' if model else ''}{run.dataset}, {run.max_steps:,} steps, {seed_text}"
 
 
-def plot_curves(exp: str, variants: Sequence[Variant], out_dir: Path, report: Report) -> None:
+# Each plot_* draws one figure's panels and returns the figure with its title's second line.
+def plot_curves(variants: Sequence[Variant]) -> tuple[Figure, str]:
     fig = Figure(figsize=(11.0, 7.4), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True)
     panels = (
-        (axes[0, 0], "train_loss", "train loss (training mode, running mean)", 1.0),
-        (axes[0, 1], "test_loss", "test loss (eval mode)", 1.0),
-        (axes[1, 0], "train_acc", "train accuracy (%, training mode)", 100.0),
-        (axes[1, 1], "test_acc", "test accuracy (%, eval mode)", 100.0),
-    )
-    for ax, column, ylabel, scale in panels:
-        drawn = []
-        for v in variants:
-            drawn += _draw_band(ax, v, band([metric_series(r, column) for r in v.runs]), scale)
-        if scale == 1.0:
-            _log_if_wide(ax, drawn)
+        ("train_loss", "train loss (training mode, running mean)"), ("test_loss", "test loss (eval mode)"),
+        ("train_acc", "train accuracy (%, training mode)"), ("test_acc", "test accuracy (%, eval mode)"),
+    )  # fmt: skip
+    for ax, (column, ylabel) in zip(axes.flat, panels, strict=True):
+        acc = column.endswith("_acc")  # in %, on a linear scale
+        _band_panel(ax, variants, partial(metric_series, column=column), "linear" if acc else "log",
+                    100.0 if acc else 1.0)  # fmt: skip
         ax.set_ylabel(ylabel)
         _steps_axis(ax, label=ax in axes[1])
     _variant_legend(fig, axes[1, 1])
-    fig.suptitle(f"{_title(exp, variants)}\nloss and accuracy: mean over seeds, band +- 1 std", fontsize=10)
-    _save(fig, out_dir, f"{exp}_curves", report)
+    return fig, "loss and accuracy: mean over seeds, band +- 1 std"
 
 
 def _activation_layer(run: RunData, layer: str | None) -> str:
-    layers = list(dict.fromkeys(r["layer"] for r in run.activations))
-    if layer is None:
-        return layers[-1]
-    if layer not in layers:
+    layers = _layers(run.activations)
+    if layer is not None and layer not in layers:
         raise ValueError(f"layer {layer!r} is not probed in {run.run.run_dir}; probed: {', '.join(layers)}")
-    return layer
+    return layers[-1] if layer is None else layer
 
 
-def plot_activations(
-    exp: str, variants: Sequence[Variant], out_dir: Path, report: Report, layer: str | None = None
-) -> None:
-    with_drift = all(r.measurement("ics_distribution") for v in variants for r in [v.typical_run()])
+def plot_activations(variants: Sequence[Variant], layer: str | None = None) -> tuple[Figure, str]:
+    with_drift = all(v.typical_run().measurement("ics_distribution") for v in variants)
     rows = 2 if with_drift else 1
     fig = Figure(figsize=(max(3.8 * len(variants), 7.0), 3.2 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, len(variants), sharex=True, sharey="row", squeeze=False)
@@ -482,49 +427,47 @@ def plot_activations(
         name = _activation_layer(run, layer)
         unit = next(r["unit"] for r in run.activations if r["layer"] == name)
         described.add((name, unit))
-        probe = sorted(
-            (r for r in run.activations if r["layer"] == name and r["unit"] == unit), key=lambda r: r["step"]
-        )
-        steps = [r["step"] for r in probe]
+        probe = sorted((r for r in run.activations if (r["layer"], r["unit"]) == (name, unit)),
+                       key=lambda r: r["step"])  # fmt: skip
+        steps, p15, p50, p85 = ([r[k] for r in probe] for k in ("step", "p15", "p50", "p85"))
         ax = axes[0, col]
-        p15, p50, p85 = ([r[k] for r in probe] for k in ("p15", "p50", "p85"))
         ax.fill_between(steps, p15, p85, color=v.color, alpha=0.25, lw=0, label="15-85th percentile")
         ax.plot(steps, p50, color=v.color, lw=1.5, label="median")
         ax.set_title(f"{v.label}, seed {run.seed}", fontsize=9)
         _steps_axis(ax, label=not with_drift)
-        if with_drift:
-            ax = axes[1, col]
-            every = run.config.get("measure", {}).get("ics_distribution", {}).get("every", 0)
-            rows_ = [r for r in run.measurement("ics_distribution") if r["layer"] == name]
-            units = list(dict.fromkeys(r["unit"] for r in rows_))
-            for u in units:
-                series = sorted((r["step"], r["mean_shift"]) for r in rows_ if r["unit"] == u)
-                start = max(series[0][0] - (every or 0), 0)
-                xs = [start, *(s for s, _ in series)]
-                ys = np.concatenate([[0.0], np.cumsum([m for _, m in series])])
-                main = u == unit
-                ax.plot(xs, ys, color=v.color if main else "gray", lw=1.5 if main else 0.7,
-                        alpha=1.0 if main else 0.6, label=f"unit {u}" if main else None)  # fmt: skip
-            ax.plot([], [], color="gray", lw=0.7, label="other probed units")
-            ax.axhline(0, color="black", lw=0.5)
-            _steps_axis(ax)
-    probe_cfg = variants[0].runs[0].config.get("probe", {})
-    nonlinearity = _nonlinearity(variants[0].runs[0]).replace(" (", "\n(")
+        if not with_drift:
+            continue
+        ax = axes[1, col]
+        every = run.config.get("measure", {}).get("ics_distribution", {}).get("every", 0)
+        shifts = [r for r in run.measurement("ics_distribution") if r["layer"] == name]
+        for u in dict.fromkeys(r["unit"] for r in shifts):
+            drift = sorted((r["step"], r["mean_shift"]) for r in shifts if r["unit"] == u)
+            xs = [max(drift[0][0] - (every or 0), 0), *(s for s, _ in drift)]
+            ys = np.concatenate([[0.0], np.cumsum([m for _, m in drift])])
+            main = u == unit
+            ax.plot(xs, ys, color=v.color if main else "gray", lw=1.5 if main else 0.7,
+                    alpha=1.0 if main else 0.6, label=f"unit {u}" if main else None)  # fmt: skip
+        ax.plot([], [], color="gray", lw=0.7, label="other probed units")
+        ax.axhline(0, color="black", lw=0.5)
+        _steps_axis(ax)
+    config = variants[0].runs[0].config
+    probe_cfg, model = config.get("probe", {}), config.get("model", {})
+    # What the probed values feed: the model's activation, or (a linear net) the next layer.
+    nonlinearity = (
+        "input to the next layer\n(linear net: no nonlinearity)"
+        if model.get("name") == "linear_deep"
+        else f"input to the {model.get('activation', 'nonlinearity')}"
+    )
     axes[0, 0].set_ylabel(f"{nonlinearity}\n(probe: {probe_cfg.get('mode', '?')} mode)", fontsize=8)
     axes[0, -1].legend(fontsize=8, loc="best")
     if with_drift:
-        mode = variants[0].runs[0].config.get("measure", {}).get("ics_distribution", {}).get("mode", "?")
+        mode = config.get("measure", {}).get("ics_distribution", {}).get("mode", "?")
         axes[1, 0].set_ylabel(f"mean now - mean at the first\nmeasurement ({mode} mode)", fontsize=8)
         axes[1, -1].legend(fontsize=8, loc="best")
     where = "; ".join(f"layer {n}, unit {u}" for n, u in sorted(described))
-    text = f"{probe_cfg.get('num_examples', '?')} test images"
-    lower = ", below: drift of the probed units' means (running sum of ics_distribution's mean_shift)"
-    fig.suptitle(
-        f"Fig. 2 style: {_title(exp, variants)}\n{where}: 15/50/85th percentiles over {text}"
-        + (f";\n{lower.removeprefix(', ')}" if with_drift else ""),
-        fontsize=10,
-    )
-    _save(fig, out_dir, f"{exp}_activations", report)
+    lower = ";\nbelow: drift of the probed units' means (running sum of ics_distribution's mean_shift)"
+    text = f"{where}: 15/50/85th percentiles over {probe_cfg.get('num_examples', '?')} test images"
+    return fig, text + (lower if with_drift else "")
 
 
 def _panel_layers(layers: Sequence[str], k: int = ICS_PANELS) -> list[str]:
@@ -536,53 +479,38 @@ def _panel_layers(layers: Sequence[str], k: int = ICS_PANELS) -> list[str]:
     return [rest[i] for i in picks]
 
 
-def plot_ics_gradient(exp: str, variants: Sequence[Variant], out_dir: Path, report: Report) -> None:
-    layers = ics_layers(variants[0].runs[0])
+def plot_ics_gradient(variants: Sequence[Variant]) -> tuple[Figure, str]:
+    layers = _layers(variants[0].runs[0].measurement("ics_gradient"))
     panels: list[str | None] = [*_panel_layers(layers), None]
     fig = Figure(figsize=(3.4 * len(panels), 6.4), layout="constrained")
     axes = fig.subplots(2, len(panels), sharex=True, squeeze=False)
     for col, layer in enumerate(panels):
-        for row, column in enumerate(("l2_diff", "cosine")):
-            ax = axes[row, col]
-            drawn = []
-            for v in variants:
-                high = 1.0 if column == "cosine" else None
-                drawn += _draw_band(ax, v, band([ics_series(r, column, layer) for r in v.runs]), high=high)
-            if column == "l2_diff":
-                _log_if_wide(ax, drawn)
-            else:
-                ax.axhline(1.0, color="black", lw=0.5, ls=":")
-            _steps_axis(ax, label=row == 1)
-            if row == 0:
-                name = (
-                    f"mean over layers 2-{len(layers)}"
-                    if layer is None
-                    else f"layer {layers.index(layer) + 1}: {layer}"
-                )
-                ax.set_title(name, fontsize=9)
+        for row, quantity in enumerate(("l2_diff", "cosine")):
+            of_run = partial(series, quantity=quantity, layer=layer)
+            _band_panel(axes[row, col], variants, of_run, "cosine" if quantity == "cosine" else "log")
+            _steps_axis(axes[row, col], label=row == 1)
+        name = f"layer {layers.index(layer) + 1}: {layer}" if layer else f"mean over layers 2-{len(layers)}"
+        axes[0, col].set_title(name, fontsize=9)
     axes[0, 0].set_ylabel("||G - G'||_2")
     axes[1, 0].set_ylabel("cos(G, G')")
     _variant_legend(fig, axes[1, -1])
-    fig.suptitle(
-        f"Fig. 3 style: {_title(exp, variants)}\ngradient ICS (Santurkar et al. Def. 2.1): G' = layer's "
-        "gradient after the earlier layers' update; mean over seeds, band +- 1 std",
-        fontsize=10,
+    return fig, (
+        "gradient ICS (Santurkar et al. Def. 2.1): G' = layer's gradient after the earlier layers' update; "
+        "mean over seeds, band +- 1 std"
     )
-    _save(fig, out_dir, f"{exp}_ics_gradient", report)
 
 
-def plot_landscape(exp: str, variants: Sequence[Variant], out_dir: Path, report: Report) -> None:
+def plot_landscape(variants: Sequence[Variant]) -> tuple[Figure, str]:
     fig = Figure(figsize=(15.0, 4.6), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True)
     ranges = (
-        (axes[0], "loss_min", "loss_max", "loss along the gradient"),
-        (axes[1], "grad_diff_min", "grad_diff_max", "||grad L(theta - eta g) - g||_2"),
+        ("loss_min", "loss_max", "loss along the gradient", "(a) loss landscape"),
+        ("grad_diff_min", "grad_diff_max", "||grad L(theta - eta g) - g||_2", "(b) gradient predictiveness"),
     )
-    for ax, low, high, ylabel in ranges:
+    for ax, (low, high, ylabel, title) in zip(axes, ranges, strict=False):
         drawn = []
         for v in variants:
-            lo = band([landscape_series(r, low) for r in v.runs])
-            hi = band([landscape_series(r, high) for r in v.runs])
+            lo, hi = (band([series(r, q) for r in v.runs]) for q in (low, high))
             if not lo.n:
                 continue
             ax.fill_between(lo.steps, lo.mean, hi.mean, color=v.color, alpha=0.3, lw=0)
@@ -593,12 +521,8 @@ def plot_landscape(exp: str, variants: Sequence[Variant], out_dir: Path, report:
             _log_if_wide(ax, drawn)
         ax.set_ylabel(ylabel)
         _steps_axis(ax)
-    axes[0].set_title("(a) loss landscape: min-max over the step sizes", fontsize=9)
-    axes[1].set_title("(b) gradient predictiveness: min-max over the step sizes", fontsize=9)
-    drawn = []
-    for v in variants:
-        drawn += _draw_band(axes[2], v, band([landscape_series(r, "beta_smoothness") for r in v.runs]))
-    _log_if_wide(axes[2], drawn)
+        ax.set_title(f"{title}: min-max over the step sizes", fontsize=9)
+    _band_panel(axes[2], variants, partial(series, quantity="beta_smoothness"))
     axes[2].set_ylabel("max ||grad change|| / ||parameter change||")
     axes[2].set_title("(c) effective beta-smoothness: mean over seeds, +- 1 std", fontsize=9)
     _steps_axis(axes[2])
@@ -607,65 +531,34 @@ def plot_landscape(exp: str, variants: Sequence[Variant], out_dir: Path, report:
     sizes = cfg.get("step_sizes") or []
     what = "x the run's lr" if cfg.get("relative", True) else "(absolute)"
     size_text = f"step sizes {min(sizes):g}..{max(sizes):g} {what}" if sizes else "the configured step sizes"
-    fig.suptitle(
-        f"Fig. 4 style: {_title(exp, variants)}\nalong -g on the step's batch, {size_text}; "
-        "(a), (b): band between the seed means of the min and the max",
-        fontsize=10,
+    return fig, (
+        f"along -g on the step's batch, {size_text}; (a), (b): band between the seed means of the min and "
+        "the max"
     )
-    _save(fig, out_dir, f"{exp}_landscape", report)
 
 
-def plot_ics_distribution(exp: str, variants: Sequence[Variant], out_dir: Path, report: Report) -> None:
+def plot_ics_distribution(variants: Sequence[Variant]) -> tuple[Figure, str]:
     with_gradient = all(r.measurement("ics_gradient") for v in variants for r in v.runs)
-    quantities: list[tuple[str, str]] = [("dist", s) for s in DIST_STATS]
-    if with_gradient:
-        quantities += [("grad", "l2_diff"), ("grad", "cosine")]
+    quantities = [*DIST_STATS, *(("l2_diff", "cosine") if with_gradient else ())]
     fig = Figure(figsize=(3.5 * len(quantities), 7.0), layout="constrained")
     axes = fig.subplots(2, len(quantities), squeeze=False)
-    for col, (kind, stat) in enumerate(quantities):
-        top, bottom = axes[0, col], axes[1, col]
-        drawn_top, drawn_bottom = [], []
-        for v in variants:
-            if kind == "dist":
-                over_time = band([dist_series(r, stat) for r in v.runs])
-                per_layer = band([dist_profile(r, stat) for r in v.runs])
-            else:
-                over_time = band([ics_series(r, stat) for r in v.runs])
-                profiles = [ics_profile(r, stat, last_only=False) for r in v.runs]
-                per_layer = band([{i: x for i, x in p.items() if i > 0} for p in profiles])
-            high = 1.0 if stat == "cosine" else None
-            drawn_top += _draw_band(top, v, over_time, high=high)
-            if per_layer.n:
-                per_layer = Band(per_layer.steps + 1, per_layer.mean, per_layer.std, per_layer.n)
-                drawn_bottom += _draw_band(bottom, v, per_layer, high=high)
-                bottom.plot(per_layer.steps, per_layer.mean, color=v.color, ls="none", marker="o", ms=3)
-        if stat == "cosine":
-            for ax in (top, bottom):
-                ax.axhline(1.0, color="black", lw=0.5, ls=":")
-        else:
-            _log_if_wide(top, drawn_top)
-            _log_if_wide(bottom, drawn_bottom)
+    for (top, bottom), quantity in zip(axes.T, quantities, strict=True):
+        kind, dist = "cosine" if quantity == "cosine" else "log", quantity in DIST_STATS
+        _band_panel(top, variants, partial(series, quantity=quantity), kind)
+        _band_panel(bottom, variants, partial(profile, quantity=quantity, first=dist), kind, per_layer=True)
         _steps_axis(top)
         bottom.set_xlabel("layer (depth order, 1 = first)")
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         bottom.grid(alpha=0.3)
-        if kind == "dist":
-            name = f"Ioffe: {DIST_LABELS[stat]}"
-            top.set_title(f"{name}\nmean over units and probed layers", fontsize=9)
-            bottom.set_title(f"{name}\nper probed layer, mean over measured steps", fontsize=9)
-        else:
-            name = "Santurkar: ||G - G'||_2" if stat == "l2_diff" else "Santurkar: cos(G, G')"
-            top.set_title(f"{name}\nmean over layers 2..L", fontsize=9)
-            bottom.set_title(f"{name}\nper weight layer, mean over measured steps", fontsize=9)
+        over, each = ("units and probed layers", "probed") if dist else ("layers 2..L", "weight")
+        top.set_title(f"{LABELS[quantity]}\nmean over {over}", fontsize=9)
+        bottom.set_title(f"{LABELS[quantity]}\nper {each} layer, mean over measured steps", fontsize=9)
     _variant_legend(fig, axes[0, -1])
     mode = variants[0].runs[0].config.get("measure", {}).get("ics_distribution", {}).get("mode", "?")
-    fig.suptitle(
-        f"{_title(exp, variants)}\ntwo notions of ICS: the change of each probed layer's input distribution "
-        f"between measurements ({mode} mode, fixed probe set) and the gradient ICS; "
-        "mean over seeds, band +- 1 std",
-        fontsize=10,
+    return fig, (
+        "two notions of ICS: the change of each probed layer's input distribution between measurements "
+        f"({mode} mode, fixed probe set) and the gradient ICS; mean over seeds, band +- 1 std"
     )
-    _save(fig, out_dir, f"{exp}_ics_distribution", report)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -674,39 +567,26 @@ def plot_ics_distribution(exp: str, variants: Sequence[Variant], out_dir: Path, 
 def _run_numbers(run: RunData) -> dict[str, float | None]:
     """One run's table numbers (None where the run lacks the measurement)."""
     s = run.summary
+    # Training mode (noisy BN's noise, batch statistics): the running mean at the last evaluation.
+    train_acc = metric_series(run, "train_acc")
+    ms, spent, wall = s.get("measure_ms_per_call") or {}, s.get("measure_time_s") or {}, s.get("wall_time_s")
     out: dict[str, float | None] = {
         "final_acc": s.get("final_test_acc"),
         "best_acc": s.get("best_test_acc"),
+        "final_train_acc": train_acc[max(train_acc)] if train_acc else None,
         # Algorithm 2's population statistics (noisy BN's recomputed without its noise): the test
         # accuracy of the network inference runs, beside the moving averages' (final_acc).
         "population_acc": s.get("final_test_acc_population_stats"),
+        **{f"{m}_ms_per_call": ms.get(m) for m in MEASUREMENTS},
+        "measure_share": sum(spent.values()) / wall if spent and wall else None,
     }
-    # Training mode (noisy BN's noise, batch statistics): the running mean at the last evaluation.
-    train_acc = metric_series(run, "train_acc")
-    out["final_train_acc"] = train_acc[max(train_acc)] if train_acc else None
+    for key in ("ics_l2", "ics_cos"):
+        out[f"{key}_last"] = _finite_mean(profile(run, PER_STEP[key], last_only=True, first=False).values())
     half = run.max_steps / 2
-
-    def put(key: str, series: dict[int, float]) -> None:
-        out[key] = _finite_mean(series.values())
-        out[f"{key}_late"] = _finite_mean(v for step, v in series.items() if step > half)
-
-    if run.measurement("ics_gradient"):
-        for key, column in (("ics_l2", "l2_diff"), ("ics_cos", "cosine")):
-            last = ics_profile(run, column, last_only=True)
-            out[f"{key}_last"] = _finite_mean(v for i, v in last.items() if i > 0)
-            put(key, ics_series(run, column))
-    if run.measurement("ics_distribution"):
-        for stat in DIST_STATS:
-            put(f"dist_{stat}", dist_series(run, stat))
-    if run.measurement("landscape"):
-        for key, column in (("loss_band", "loss_band"), ("grad_diff_max", "grad_diff_max"),
-                            ("beta", "beta_smoothness")):  # fmt: skip
-            put(key, landscape_series(run, column))
-    ms = s.get("measure_ms_per_call") or {}
-    for m in MEASUREMENTS:
-        out[f"{m}_ms_per_call"] = ms.get(m)
-    spent, wall = s.get("measure_time_s") or {}, s.get("wall_time_s")
-    out["measure_share"] = sum(spent.values()) / wall if spent and wall else None
+    for key, quantity in PER_STEP.items():
+        values = series(run, quantity)
+        out[key] = _finite_mean(values.values())
+        out[f"{key}_late"] = _finite_mean(v for step, v in values.items() if step > half)
     return out
 
 
@@ -716,16 +596,12 @@ def table_rows(exp: str, variants: Sequence[Variant]) -> list[dict[str, Any]]:
     for v in variants:
         per_run = [_run_numbers(r) for r in v.runs]
         row: dict[str, Any] = {
-            "experiment": exp,
-            "variant": v.label,
-            "norm": v.norm_kind,
-            "lr": v.lr,
-            "seeds": " ".join(map(str, v.seeds)),
-            "runs": len(v.runs) + len(v.left_out),
+            "experiment": exp, "variant": v.label, "norm": v.norm_kind, "lr": v.lr,
+            "seeds": " ".join(map(str, v.seeds)), "runs": len(v.runs) + len(v.left_out),
             "finished": sum(not r.stopped_early for r in v.runs),
-        }
+        }  # fmt: skip
         for key in NUMBER_KEYS:
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(n.get(key) for n in per_run)
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(n[key] for n in per_run)
         rows.append(row)
     return rows
 
@@ -735,154 +611,126 @@ def layer_rows(exp: str, variants: Sequence[Variant]) -> list[dict[str, Any]]:
     rows = []
     for v in variants:
         runs = [r for r in v.runs if r.measurement("ics_gradient")]
-        if not runs:
-            continue
-        layers = ics_layers(runs[0])
-        l2 = [ics_profile(r, "l2_diff", last_only=True) for r in runs]
-        cos = [ics_profile(r, "cosine", last_only=True) for r in runs]
-        for i, layer in enumerate(layers):
-            l2_mean, l2_std = _mean_std(p.get(i) for p in l2)
-            cos_mean, cos_std = _mean_std(p.get(i) for p in cos)
-            rows.append({
-                "experiment": exp, "variant": v.label, "layer_index": i + 1, "layer": layer,
-                "l2_mean": l2_mean, "l2_std": l2_std, "cos_mean": cos_mean, "cos_std": cos_std,
-            })  # fmt: skip
+        l2, cos = ([profile(r, q, last_only=True) for r in runs] for q in ("l2_diff", "cosine"))
+        for i, layer in enumerate(_layers(runs[0].measurement("ics_gradient")) if runs else []):
+            row = {"experiment": exp, "variant": v.label, "layer_index": i + 1, "layer": layer}
+            row["l2_mean"], row["l2_std"] = _mean_std(p.get(i) for p in l2)
+            row["cos_mean"], row["cos_std"] = _mean_std(p.get(i) for p in cos)
+            rows.append(row)
     return rows
 
 
-def _num(mean: float | None, std: float | None, digits: int = 3) -> str:
+# A cell's format: the scale of the numbers, the mean's format and the std's (after "+-").
+CELL_FORMATS = {
+    "num": (1, "{:.3g}", "{:.2g}"),
+    "pct": (100, "{:.2f}%", "{:.2f}"),
+    "cos": (1, "{:.4f}", "{:.4f}"),
+}
+
+
+def _cell(row: dict[str, Any], key: str, kind: str = "num") -> str:
+    """`<key>_mean +- <key>_std` of a table row ("-" without a mean, no std with one seed)."""
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
     if mean is None:
         return "-"
-    text = f"{mean:.{digits}g}"
-    return text + (f" +- {std:.2g}" if std is not None else "")
+    scale, fmt, std_fmt = CELL_FORMATS[kind]
+    return fmt.format(scale * mean) + (f" +- {std_fmt.format(scale * std)}" if std is not None else "")
 
 
-def _pct(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{100 * mean:.2f}%" + (f" +- {100 * std:.2f}" if std is not None else "")
+def _stat(key: str, kind: str = "num") -> Callable[[dict[str, Any]], str]:
+    return lambda row: _cell(row, key, kind)
 
 
-def _cos(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.4f}" + (f" +- {std:.4f}" if std is not None else "")
-
-
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(cells) + " |" for cells in body),
-        "",
-    ]
-
-
-def write_table(exp: str, variants: Sequence[Variant], out_dir: Path, report: Report) -> list[dict[str, Any]]:
-    rows = table_rows(exp, variants)
-    by_layer = layer_rows(exp, variants)
-
-    def m(row, key, fmt=_num):
-        return fmt(row[f"{key}_mean"], row[f"{key}_std"])
-
-    lines = [f"**{_title(exp, variants)}**", ""]
-    lines += [
+# The .md's tables of the variants: the text above each and its columns (header: the row's cell).
+MD_TABLES = (
+    (
         "Training (test accuracy in eval mode, final: at the last evaluation, best: over evaluations; "
         "train accuracy: training mode, noisy BN's noise included, at the last evaluation; population "
         "stats: the final test accuracy with Algorithm 2's statistics from 100 training batches, recomputed "
         "without noisy BN's noise):",
-        "",
-    ]
-    lines += _md_table(
-        ("variant", "seeds", "finished", "final test acc", "best test acc", "final train acc",
-         "test acc, population stats"),
-        [(r["variant"], r["seeds"], f"{r['finished']}/{r['runs']}", m(r, "final_acc", _pct),
-          m(r, "best_acc", _pct), m(r, "final_train_acc", _pct), m(r, "population_acc", _pct)) for r in rows],
-    )  # fmt: skip
-    lines += [
+        {"seeds": lambda row: row["seeds"], "finished": lambda row: f"{row['finished']}/{row['runs']}",
+         "final test acc": _stat("final_acc", "pct"), "best test acc": _stat("best_acc", "pct"),
+         "final train acc": _stat("final_train_acc", "pct"),
+         "test acc, population stats": _stat("population_acc", "pct")},
+    ),
+    (
         "Internal covariate shift. Gradient ICS (ics_gradient.csv): ||G - G'||_2 and cos(G, G') averaged "
         "over the weight layers after the first, at the last measured step and over the measured steps of "
         "the second half of training (2nd half). Distribution shift (ics_distribution.csv, Ioffe's sense): "
         "per probed unit between consecutive measurements, |mean shift|, |log std ratio| and the "
         "Wasserstein-1 distance, averaged over units, layers and the measured steps of the 2nd half "
         "(means over all measured steps: the .csv).",
-        "",
-    ]
-    lines += _md_table(
-        ("variant", "l2 (last)", "cosine (last)", "l2 (2nd half)", "cosine (2nd half)", "|mean shift|",
-         "|log std ratio|", "Wasserstein-1"),
-        [(r["variant"], m(r, "ics_l2_last"), m(r, "ics_cos_last", _cos), m(r, "ics_l2_late"),
-          m(r, "ics_cos_late", _cos), m(r, "dist_mean_shift_late"), m(r, "dist_log_std_ratio_late"),
-          m(r, "dist_wasserstein_late")) for r in rows],
-    )  # fmt: skip
-    lines += [
+        {"l2 (last)": _stat("ics_l2_last"), "cosine (last)": _stat("ics_cos_last", "cos"),
+         "l2 (2nd half)": _stat("ics_l2_late"), "cosine (2nd half)": _stat("ics_cos_late", "cos"),
+         **{LABELS[s].removeprefix("Ioffe: "): _stat(f"dist_{s}_late") for s in DIST_STATS}},
+    ),
+    (
         "Loss landscape along the gradient (landscape.csv): the loss band (loss_max - loss_min), the "
         "gradient predictiveness (grad_diff_max: the largest ||grad change||) and the effective "
         "beta-smoothness, means over all measured steps and over those of the 2nd half of training.",
-        "",
-    ]
-    lines += _md_table(
-        ("variant", "loss band (all)", "loss band (2nd half)", "grad_diff_max (all)",
-         "grad_diff_max (2nd half)", "beta (all)", "beta (2nd half)"),
-        [(r["variant"], m(r, "loss_band"), m(r, "loss_band_late"), m(r, "grad_diff_max"),
-          m(r, "grad_diff_max_late"), m(r, "beta"), m(r, "beta_late")) for r in rows],
-    )  # fmt: skip
-    lines += [
+        {f"{name} ({part})": _stat(key + suffix)
+         for name, key in (("loss band", "loss_band"), ("grad_diff_max", "grad_diff_max"), ("beta", "beta"))
+         for part, suffix in (("all", ""), ("2nd half", "_late"))},
+    ),
+    (
         "Measurement cost (summary.json's measure_ms_per_call: ms per measured step, one CPU thread where "
         "the runs were made) and the measurements' share of the run's wall time:",
-        "",
-    ]
-    lines += _md_table(
-        ("variant", *(f"{name} ms/call" for name in MEASUREMENTS), "share of wall time"),
-        [(r["variant"], *(m(r, f"{name}_ms_per_call") for name in MEASUREMENTS), m(r, "measure_share", _pct))
-         for r in rows],
-    )  # fmt: skip
+        {**{f"{name} ms/call": _stat(f"{name}_ms_per_call") for name in MEASUREMENTS},
+         "share of wall time": _stat("measure_share", "pct")},
+    ),
+)  # fmt: skip
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return [*lines, *("| " + " | ".join(cells) + " |" for cells in body), ""]
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]], report: Report) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    report.written.append(path)
+
+
+def write_table(exp: str, variants: Sequence[Variant], out_dir: Path, report: Report) -> list[dict[str, Any]]:
+    rows, by_layer = table_rows(exp, variants), layer_rows(exp, variants)
+    lines = [f"**{_title(exp, variants)}**", ""]
+    for text, columns in MD_TABLES:
+        body = [(r["variant"], *(cell(r) for cell in columns.values())) for r in rows]
+        lines += [text, "", *_md_table(("variant", *columns), body)]
     if by_layer:
         labels = [v.label for v in variants if any(x["variant"] == v.label for x in by_layer)]
-        layers = list(dict.fromkeys((x["layer_index"], x["layer"]) for x in by_layer))
         cell = {(x["variant"], x["layer_index"]): x for x in by_layer}
         body = []
-        for index, layer in layers:
-            cells = [f"{index}: {layer}"]
-            for label in labels:
-                x = cell.get((label, index))
-                cells += (
-                    ["-", "-"]
-                    if x is None
-                    else [_num(x["l2_mean"], x["l2_std"]), _cos(x["cos_mean"], x["cos_std"])]
-                )
-            body.append(cells)
+        for index, layer in dict.fromkeys((x["layer_index"], x["layer"]) for x in by_layer):
+            found = [cell.get((label, index)) for label in labels]
+            pairs = [("-", "-") if x is None else (_cell(x, "l2"), _cell(x, "cos", "cos")) for x in found]
+            body.append([f"{index}: {layer}", *(c for pair in pairs for c in pair)])
         lines += [
             "Gradient ICS per weight layer at the last measured step (layer 1: G' = G by definition):",
             "",
         ]
         lines += _md_table(("layer", *(f"{label}: {k}" for label in labels for k in ("l2", "cosine"))), body)
-    lines += ["Mean +- sample std over seeds (no std with one seed)."]
-    md_path, csv_path, layer_path = (out_dir / f"{exp}_{n}" for n in ("table.md", "table.csv", "layers.csv"))
-    md_path.write_text("\n".join(lines) + "\n")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    report.written += [md_path, csv_path]
+    md_path = out_dir / f"{exp}_table.md"
+    md_path.write_text("\n".join([*lines, "Mean +- sample std over seeds (no std with one seed)."]) + "\n")
+    report.written.append(md_path)
+    _write_csv(out_dir / f"{exp}_table.csv", TABLE_COLUMNS, rows, report)
     if by_layer:
-        with open(layer_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LAYER_COLUMNS)
-            writer.writeheader()
-            writer.writerows(by_layer)
-        report.written.append(layer_path)
+        _write_csv(out_dir / f"{exp}_layers.csv", LAYER_COLUMNS, by_layer, report)
     return rows
 
 
 # ---------------------------------------------------------------------------------------------- entry
 
-# Each figure and the measurements it needs (all of them, or it is skipped / an error).
-FIGURES: tuple[tuple[str, Callable, tuple[str, ...]], ...] = (
-    ("curves", plot_curves, ()),
-    ("activations", plot_activations, ("activations",)),
-    ("ics_gradient", plot_ics_gradient, ("ics_gradient",)),
-    ("landscape", plot_landscape, ("landscape",)),
-    ("ics_distribution", plot_ics_distribution, ("ics_distribution",)),
+# Each figure, the measurements it needs (all of them, or it is skipped / an error), its title's prefix.
+FIGURES: tuple[tuple[str, Callable, tuple[str, ...], str], ...] = (
+    ("curves", plot_curves, (), ""),
+    ("activations", plot_activations, ("activations",), "Fig. 2 style: "),
+    ("ics_gradient", plot_ics_gradient, ("ics_gradient",), "Fig. 3 style: "),
+    ("landscape", plot_landscape, ("landscape",), "Fig. 4 style: "),
+    ("ics_distribution", plot_ics_distribution, ("ics_distribution",), ""),
 )
 
 
@@ -899,23 +747,21 @@ def make_santurkar_figures(
     needs (allow_missing: skip that figure with a note); `layer`: the probed layer of the activations
     figure (default: the last one); `experiments`: only these experiment names.
     """
-    runs = load_all(paths)
-    groups = by_experiment(runs)
-    if experiments:
-        unknown = sorted(set(experiments) - set(groups))
-        if unknown:
-            raise NoRunsError(
-                f"no runs of experiment {', '.join(unknown)} found; found: {', '.join(groups) or 'none'}"
-            )
-        groups = {k: v for k, v in groups.items() if k in experiments}
+    groups = by_experiment(load_all(paths))
+    unknown = sorted(set(experiments or ()) - set(groups))
+    if unknown:
+        raise NoRunsError(
+            f"no runs of experiment {', '.join(unknown)} found; found: {', '.join(groups) or 'none'}"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report()
     planned = []
     for exp, group in groups.items():
-        variants = variants_of(group)
-        figures = []
-        for name, plot, needs in FIGURES:
+        if experiments and exp not in experiments:
+            continue
+        variants, figures = variants_of(group), []
+        for name, plot, needs, prefix in FIGURES:
             try:  # every check before any drawing: a missing file fails fast
                 for need in needs:
                     require(variants, need)
@@ -925,9 +771,10 @@ def make_santurkar_figures(
                 report.notes.append(f"{exp}_{name}.png skipped: {error}")
                 continue
             if name == "activations":
+                plot = partial(plot, layer=layer)
                 for v in variants:
                     _activation_layer(v.typical_run(), layer)  # an unknown layer fails before drawing
-            figures.append((name, plot))
+            figures.append((name, plot, prefix))
         planned.append((exp, variants, figures))
     for exp, variants, figures in planned:
         for v in variants:
@@ -938,11 +785,11 @@ def make_santurkar_figures(
                 )
             if not v.finished:
                 report.notes.append(f"{exp}, {v.label}: no finished run; drawn from unfinished ones")
-        for name, plot in figures:
-            if name == "activations":
-                plot(exp, variants, out_dir, report, layer=layer)
-            else:
-                plot(exp, variants, out_dir, report)
+        for name, plot, prefix in figures:
+            fig, text = plot(variants)
+            fig.suptitle(f"{prefix}{_title(exp, variants)}\n{text}", fontsize=10)
+            fig.savefig(out_dir / f"{exp}_{name}.png", dpi=PNG_DPI, bbox_inches="tight")
+            report.written.append(out_dir / f"{exp}_{name}.png")
         write_table(exp, variants, out_dir, report)
     return report
 

@@ -36,28 +36,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bn_repro.analysis.runs_table import find_run_dirs, read_summary
+from bn_repro.analysis.runs_table import METRICS, find_run_dirs, read_summary
 from bn_repro.analysis.stats import mean_std
-from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, read_csv
+from bn_repro.records.run_files import SUMMARY_FILE, read_measurement
 
 BASELINE = "fig2_inception"
 # Preset families of the speedup experiment: fig2_* (the paper's schedules) and fig2cpu_* (the whole
 # schedules at CPU scale). A family's baseline is its `inception` variant.
 FAMILIES = ("fig2cpu_", "fig2_")
-# The paper's row order (Fig. 3), then its remarks (sigmoid Inception, Inception at BN-x5's lr); other
-# variants follow alphabetically. Names without their family prefix.
-PAPER_VARIANTS = ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "sigmoid", "inception_x5")
-PAPER_ORDER = tuple(f"fig2_{v}" for v in PAPER_VARIANTS[:6])
-# The paper's ImageNet results (Fig. 3 and section 4.2.2): steps to 72.2% and max accuracy.
-PAPER_IMAGENET = {
-    "inception": ("31.0e6", "72.2%"),
-    "bn_baseline": ("13.3e6", "72.7%"),
-    "bn_x5": ("2.1e6", "73.0%"),
-    "bn_x30": ("2.7e6", "74.8%"),
-    "bn_x5_sigmoid": ("-", "69.8%"),
-    "sigmoid": ("-", "never above 0.1%"),
-    "inception_x5": ("-", "diverged"),
+# The paper's variants (names without their family prefix) in its row order (Fig. 3), then its remarks
+# (sigmoid Inception, Inception at BN-x5's lr); other variants follow alphabetically. Each with the paper's
+# name for it and its ImageNet results (Fig. 3 and section 4.2.2): steps to 72.2% and max accuracy.
+PAPER_VARIANTS = {
+    "inception": ("Inception", "31.0e6", "72.2%"),
+    "bn_baseline": ("BN-Baseline", "13.3e6", "72.7%"),
+    "bn_x5": ("BN-x5", "2.1e6", "73.0%"),
+    "bn_x30": ("BN-x30", "2.7e6", "74.8%"),
+    "bn_x5_sigmoid": ("BN-x5-Sigmoid", "-", "69.8%"),
+    "sigmoid": ("Inception-Sigmoid", "-", "never above 0.1%"),
+    "inception_x5": ("Inception at BN-x5's lr", "-", "diverged"),
 }
+PAPER_ORDER = tuple(f"fig2_{v}" for v in list(PAPER_VARIANTS)[:6])
+PAPER_IMAGENET = {variant: (steps, acc) for variant, (_, steps, acc) in PAPER_VARIANTS.items()}
 FIG3_COLUMNS = (
     "variant", "lr", "runs", "diverged", "incomplete", "status", "target_acc", "steps_to_target", "speedup",
     "max_acc", "max_acc_step", "steps_to_target_per_seed", "best_acc_per_seed",
@@ -67,16 +67,13 @@ FIG3_COLUMNS = (
 )  # fmt: skip
 
 
-def variant_of(experiment_name: str) -> str:
-    """The variant without its family prefix: fig2cpu_bn_x5 -> bn_x5."""
-    for prefix in FAMILIES:
-        if experiment_name.startswith(prefix):
-            return experiment_name[len(prefix) :]
-    return experiment_name
-
-
 def family_of(experiment_name: str) -> str | None:
     return next((p for p in FAMILIES if experiment_name.startswith(p)), None)
+
+
+def variant_of(experiment_name: str) -> str:
+    """The variant without its family prefix: fig2cpu_bn_x5 -> bn_x5."""
+    return experiment_name.removeprefix(family_of(experiment_name) or "")
 
 
 def baseline_of(names: Iterable[str]) -> str:
@@ -95,12 +92,8 @@ def baseline_of(names: Iterable[str]) -> str:
 def paper_speedup(experiment_name: str) -> float | None:
     """The paper's ImageNet speedup of a variant: Inception's steps to 72.2% over the variant's (14.8x for
     BN-x5); None where the paper gives no steps (or for a name outside the speedup families)."""
-    if family_of(experiment_name) is None:
-        return None
-    steps = PAPER_IMAGENET.get(variant_of(experiment_name), ("-", ""))[0]
-    if steps == "-":
-        return None
-    return float(PAPER_IMAGENET["inception"][0]) / float(steps)
+    steps = PAPER_IMAGENET.get(variant_of(experiment_name), ("-",))[0] if family_of(experiment_name) else "-"
+    return None if steps == "-" else float(PAPER_IMAGENET["inception"][0]) / float(steps)
 
 
 FIG3_FILE_STEM = "fig3_table"
@@ -140,10 +133,7 @@ class Curve:
 
 def steps_to_target(steps: Sequence[int], test_acc: Sequence[float], target: float) -> int | None:
     """The first evaluation step whose accuracy is >= target; None if none is."""
-    for step, acc in zip(steps, test_acc, strict=True):
-        if acc >= target:
-            return step
-    return None
+    return next((step for step, acc in zip(steps, test_acc, strict=True) if acc >= target), None)
 
 
 def steps_to_target_per_run(runs: Iterable[Run], target: float) -> list[int | None]:
@@ -155,19 +145,13 @@ def load_run(run_dir: str | Path, summary: dict[str, Any] | None = None) -> Run:
     """A run dir's curve and status (`summary`: its summary.json, when the caller has read it)."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir) if summary is None else summary
-    metrics_path = run_dir / METRICS_FILE
-    rows = read_csv(metrics_path) if metrics_path.exists() else []
-    points = [(int(r["step"]), float(r["test_acc"])) for r in rows]
     config = summary.get("config", {})
+    metrics = read_measurement(run_dir, METRICS)  # [] without a metrics.csv
     return Run(
-        run_dir=run_dir,
-        experiment_name=summary["experiment_name"],
-        seed=config.get("seed"),
-        lr=config.get("optim", {}).get("lr"),
-        status=summary["status"],
-        steps=tuple(s for s, _ in points),
-        test_acc=tuple(a for _, a in points),
-    )
+        run_dir=run_dir, experiment_name=summary["experiment_name"], seed=config.get("seed"),
+        lr=config.get("optim", {}).get("lr"), status=summary["status"],
+        steps=tuple(int(r["step"]) for r in metrics), test_acc=tuple(float(r["test_acc"]) for r in metrics),
+    )  # fmt: skip
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -179,21 +163,13 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 
 def group_by_variant(runs: Iterable[Run], baseline: str = BASELINE) -> dict[str, list[Run]]:
-    """Runs by experiment_name: the baseline first, then PAPER_ORDER, then the others alphabetically."""
+    """Runs (or anything with an experiment_name: figures.RunData) by experiment_name: the baseline first,
+    then PAPER_ORDER, then the others alphabetically."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.experiment_name, []).append(run)
-    order = {v: i for i, v in enumerate(PAPER_VARIANTS)}
-
-    def key(item):
-        name = item[0]
-        return (
-            name != baseline,
-            order.get(variant_of(name), len(order)) if family_of(name) else len(order),
-            name,
-        )
-
-    return dict(sorted(groups.items(), key=key))
+    rank = {f"{family}{v}": i for family in FAMILIES for i, v in enumerate(PAPER_VARIANTS)}
+    return dict(sorted(groups.items(), key=lambda g: (g[0] != baseline, rank.get(g[0], len(rank)), g[0])))
 
 
 def mean_curve(runs: Sequence[Run]) -> Curve | None:
@@ -201,8 +177,7 @@ def mean_curve(runs: Sequence[Run]) -> Curve | None:
     finished = [r for r in runs if r.status == "finished" and r.steps]
     if not finished:
         return None
-    shared = set(finished[0].steps).intersection(*(r.steps for r in finished[1:]))
-    steps = tuple(sorted(shared))
+    steps = tuple(sorted(set(finished[0].steps).intersection(*(r.steps for r in finished[1:]))))  # shared
     per_run = [dict(zip(r.steps, r.test_acc, strict=True)) for r in finished]
     acc = tuple(math.fsum(points[s] for points in per_run) / len(per_run) for s in steps)
     return Curve(steps=steps, test_acc=acc, runs=tuple(finished))
@@ -211,14 +186,11 @@ def mean_curve(runs: Sequence[Run]) -> Curve | None:
 def fig3_table(
     runs_or_paths: Iterable[Run | str | Path], baseline: str | None = None, target: float | None = None
 ) -> list[dict[str, Any]]:
-    """One row per variant (columns FIG3_COLUMNS), the baseline first.
+    """One row per variant (columns FIG3_COLUMNS, module docstring), the baseline first.
 
     `runs_or_paths`: Run objects or paths for `load_runs`. `baseline`: the experiment_name setting the
-    target (default: fig2_inception, or fig2cpu_inception for the CPU-scale family). `target` replaces
-    the baseline's best accuracy as the accuracy to reach (the baseline must still be present: it
-    anchors the speedup). The *_mean/*_std columns are over seeds, each seed's own curve against the
-    same target; the speedup of a seed is the baseline's steps (seed-mean curve) over that seed's.
-    """
+    target (default: baseline_of the runs). `target` replaces the baseline's best accuracy as the accuracy
+    to reach (the baseline must still be present: it anchors the speedup)."""
     items = list(runs_or_paths)
     paths = [p for p in items if not isinstance(p, Run)]
     runs = [r for r in items if isinstance(r, Run)] + (load_runs(paths) if paths else [])
@@ -239,146 +211,120 @@ def fig3_table(
     for name, group in groups.items():
         curve = curves[name]
         lrs = sorted({r.lr for r in group if r.lr is not None})
-        row: dict[str, Any] = {
-            "variant": name,
-            "lr": lrs[0] if len(lrs) == 1 else ";".join(map(str, lrs)),
-            "runs": len(group),
-            "diverged": sum(r.diverged for r in group),
-            "incomplete": sum(r.status not in ("finished", "diverged") for r in group),
-            "target_acc": target,
-            "steps_to_target": None,
-            "speedup": None,
-            "max_acc": None,
-            "max_acc_step": None,
-            "steps_to_target_per_seed": [],
-            "best_acc_per_seed": [],
-            "reached_seeds": 0,
-            "steps_to_target_mean": None,
-            "steps_to_target_std": None,
-            "speedup_mean": None,
-            "speedup_std": None,
-            "max_acc_mean": None,
-            "max_acc_std": None,
-            "paper_steps_to_target": PAPER_IMAGENET.get(variant_of(name), (None, None))[0]
-            if family_of(name)
-            else None,
-            "paper_speedup": paper_speedup(name),
-            "paper_max_acc": PAPER_IMAGENET.get(variant_of(name), (None, None))[1]
-            if family_of(name)
-            else None,
-        }
-        if curve is None:
-            row["status"] = "diverged" if row["diverged"] else "incomplete"
-            rows.append(row)
-            continue
-        steps = steps_to_target(curve.steps, curve.test_acc, target)
-        row.update(
-            status="reached" if steps is not None else "not reached",
-            steps_to_target=steps,
+        diverged = sum(r.diverged for r in group)
+        steps = steps_to_target(curve.steps, curve.test_acc, target) if curve else None
+        per_seed = steps_to_target_per_run(curve.runs, target) if curve else []
+        reached = [s for s in per_seed if s is not None]
+        best = [max(r.test_acc) for r in curve.runs] if curve else []
+        status = "diverged" if diverged else "incomplete"  # without a curve: no seed finished
+        if curve is not None:
+            status = "reached" if steps is not None else "not reached"
+        paper = PAPER_IMAGENET.get(variant_of(name), (None, None)) if family_of(name) else (None, None)
+        row = {
+            "variant": name, "lr": lrs[0] if len(lrs) == 1 else ";".join(map(str, lrs)), "runs": len(group),
+            "diverged": diverged, "incomplete": sum(r.status not in ("finished", "diverged") for r in group),
+            "status": status, "target_acc": target, "steps_to_target": steps,
             # A curve at the target from step 0 on (a fixed low target) has no finite speedup: left empty.
-            speedup=baseline_steps / steps if steps and baseline_steps else None,
-            max_acc=curve.max_acc,
-            max_acc_step=curve.max_acc_step,
-            steps_to_target_per_seed=steps_to_target_per_run(curve.runs, target),
-            best_acc_per_seed=[max(r.test_acc) for r in curve.runs],
-        )
-        reached = [s for s in row["steps_to_target_per_seed"] if s is not None]
-        row["reached_seeds"] = len(reached)
+            "speedup": baseline_steps / steps if steps and baseline_steps else None,
+            "max_acc": curve.max_acc if curve else None,
+            "max_acc_step": curve.max_acc_step if curve else None,
+            "steps_to_target_per_seed": per_seed, "best_acc_per_seed": best, "reached_seeds": len(reached),
+            "paper_steps_to_target": paper[0], "paper_speedup": paper_speedup(name),
+            "paper_max_acc": paper[1],
+        }  # fmt: skip
         row["steps_to_target_mean"], row["steps_to_target_std"] = mean_std(reached)
-        if baseline_steps:
-            row["speedup_mean"], row["speedup_std"] = mean_std([baseline_steps / s for s in reached if s])
-        row["max_acc_mean"], row["max_acc_std"] = mean_std(row["best_acc_per_seed"])
+        seed_speedups = [baseline_steps / s for s in reached if s] if baseline_steps else []
+        row["speedup_mean"], row["speedup_std"] = mean_std(seed_speedups)
+        row["max_acc_mean"], row["max_acc_std"] = mean_std(best)
         rows.append(row)
     return rows
 
 
-def _cell(value: Any) -> Any:
-    """CSV cell: None is empty, a per-seed list is ';'-joined (empty items for seeds that never reached)."""
-    if isinstance(value, list):
-        return ";".join("" if v is None else str(v) for v in value)
-    return "" if value is None else value
+# ---------------------------------------------------------------------------------------------- tables
+# Shared by the analysis modules' markdown and CSV writers.
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _spread(mean: float | None, std: float | None, fmt: str) -> str:
+def spread(
+    mean: float | None, half: float | None, fmt: str, scale: float = 1, half_fmt: str = "", end: str = ""
+) -> str:
+    """'mean +- half' (a std or an interval's half-width; the mean alone without one), both times `scale`
+    in `fmt` (`half_fmt` for the half when given), then `end`; '-' without a mean."""
     if mean is None:
         return "-"
-    return fmt.format(mean) + ("" if std is None else " +- " + fmt.format(std))
+    text = fmt.format(scale * mean)
+    if half is not None:
+        text += " +- " + (half_fmt or fmt).format(scale * half)
+    return text + end
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table: the header, its rule and one line per row of cells."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
+def _cell(value: Any) -> Any:
+    """A per-seed list as one CSV cell, ';'-joined (empty items for seeds that never reached)."""
+    return ";".join("" if v is None else str(v) for v in value) if isinstance(value, list) else value
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    """`columns` of each row (None is an empty cell, a list ';'-joined)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([_cell(row[key]) for key in columns] for row in rows)
+    return path
+
+
+def _fig3_cells(row: dict[str, Any], seeds: bool) -> list[Any]:
+    """A row's cells in fig3_markdown: the paper's columns, and with `seeds` the spread over seeds."""
+    runs = str(row["runs"])
+    notes = [f"{row[k]} {k}" for k in ("diverged", "incomplete") if row[k]]
+    if notes:
+        runs += f" ({', '.join(notes)})"
+    unfinished = row["status"] in ("diverged", "incomplete")
+    steps = row["status"] if unfinished else spread(row["steps_to_target"], None, "{:,}")
+    speedup = spread(row["speedup"], None, "{:.1f}x")
+    if not seeds:
+        return [row["variant"], row["lr"], runs, steps, speedup, spread(row["max_acc"], None, "{:.2f}%", 100)]
+    per_seed = row["status"]
+    if not unfinished:
+        reached = f" ({row['reached_seeds']}/{len(row['steps_to_target_per_seed'])})"  # of the finished
+        per_seed = spread(row["steps_to_target_mean"], row["steps_to_target_std"], "{:,.0f}") + reached
+    paper = "-"
+    if row["paper_max_acc"] is not None:
+        speedup_text = "" if row["paper_speedup"] is None else f" ({row['paper_speedup']:.1f}x)"
+        paper = f"{row['paper_steps_to_target']}{speedup_text}, {row['paper_max_acc']}"
+    return [
+        row["variant"], row["lr"], runs, steps, per_seed, speedup,
+        spread(row["speedup_mean"], row["speedup_std"], "{:.1f}", end="x"),
+        spread(row["max_acc_mean"], row["max_acc_std"], "{:.2f}", 100, end="%"), paper,
+    ]  # fmt: skip
 
 
 def fig3_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The table as the paper prints it: steps to the target, speedup, max accuracy (baseline row first).
     With several seeds per variant, the spread over seeds and the paper's ImageNet numbers too."""
-    if any(row["runs"] > 1 for row in rows):
-        return _fig3_markdown_seeds(rows)
-    target = rows[0]["target_acc"]
-    lines = [
-        f"Steps to reach {_percent(target)} test accuracy (the best of {rows[0]['variant']}; paper Fig. 3).",
-        "",
-        f"| variant | LR | runs | steps to {_percent(target)} | speedup | max acc |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        runs = str(row["runs"])
-        notes = [f"{row[k]} {k}" for k in ("diverged", "incomplete") if row[k]]
-        if notes:
-            runs += f" ({', '.join(notes)})"
-        if row["status"] in ("diverged", "incomplete"):
-            steps = row["status"]
-        else:
-            steps = "-" if row["steps_to_target"] is None else f"{row['steps_to_target']:,}"
-        speedup = "-" if row["speedup"] is None else f"{row['speedup']:.1f}x"
-        max_acc = _percent(row["max_acc"])
-        lines.append(f"| {row['variant']} | {row['lr']} | {runs} | {steps} | {speedup} | {max_acc} |")
-    return "\n".join(lines) + "\n"
-
-
-def _fig3_markdown_seeds(rows: Sequence[dict[str, Any]]) -> str:
-    target = _percent(rows[0]["target_acc"])
-    lines = [
-        f"Steps to reach {target} test accuracy (the best of {rows[0]['variant']}'s seed-mean curve; paper "
-        "Fig. 3). Per seed: mean +- sample std over the seeds that reach it (reached/finished); a seed's "
-        "speedup is the baseline curve's steps over its own. Max acc: each seed's best, mean +- std.",
-        "",
-        f"| variant | LR | runs | steps to {target} (mean curve) | per seed | speedup (mean curve) "
-        "| speedup per seed | max acc per seed | paper (ImageNet): steps to 72.2% (speedup), max acc |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        runs = str(row["runs"])
-        notes = [f"{row[k]} {k}" for k in ("diverged", "incomplete") if row[k]]
-        if notes:
-            runs += f" ({', '.join(notes)})"
-        if row["status"] in ("diverged", "incomplete"):
-            steps = per_seed = row["status"]
-        else:
-            steps = "-" if row["steps_to_target"] is None else f"{row['steps_to_target']:,}"
-            finished = len(row["steps_to_target_per_seed"])
-            per_seed = f"{_spread(row['steps_to_target_mean'], row['steps_to_target_std'], '{:,.0f}')} "
-            per_seed += f"({row['reached_seeds']}/{finished})"
-        speedup = "-" if row["speedup"] is None else f"{row['speedup']:.1f}x"
-        speedup_seeds = _spread(row["speedup_mean"], row["speedup_std"], "{:.1f}")
-        speedup_seeds = speedup_seeds + "x" if row["speedup_mean"] is not None else speedup_seeds
-        max_acc = "-"
-        if row["max_acc_mean"] is not None:
-            max_acc = _spread(100 * row["max_acc_mean"], None if row["max_acc_std"] is None
-                              else 100 * row["max_acc_std"], "{:.2f}") + "%"  # fmt: skip
-        paper = (
-            "-"
-            if row["paper_max_acc"] is None
-            else f"{row['paper_steps_to_target']}"
-            + ("" if row["paper_speedup"] is None else f" ({row['paper_speedup']:.1f}x)")
-            + f", {row['paper_max_acc']}"
+    target = spread(rows[0]["target_acc"], None, "{:.2f}%", 100)
+    intro = f"Steps to reach {target} test accuracy (the best of {rows[0]['variant']}"
+    columns = ["variant", "LR", "runs", f"steps to {target}", "speedup", "max acc"]
+    seeds = any(row["runs"] > 1 for row in rows)
+    if seeds:
+        intro += (
+            "'s seed-mean curve; paper Fig. 3). Per seed: mean +- sample std over the seeds that reach it "
+            "(reached/finished); a seed's speedup is the baseline curve's steps over its own. Max acc: each "
+            "seed's best, mean +- std."
         )
-        lines.append(
-            f"| {row['variant']} | {row['lr']} | {runs} | {steps} | {per_seed} | {speedup} | {speedup_seeds} "
-            f"| {max_acc} | {paper} |"
-        )
+        columns[3:] = [
+            f"steps to {target} (mean curve)", "per seed", "speedup (mean curve)", "speedup per seed",
+            "max acc per seed", "paper (ImageNet): steps to 72.2% (speedup), max acc",
+        ]  # fmt: skip
+    else:
+        intro += "; paper Fig. 3)."
+    lines = [intro, "", *markdown_table(columns, [_fig3_cells(row, seeds) for row in rows])]
     controls = [row["variant"] for row in rows if variant_of(row["variant"]) == "inception_x5"]
-    if controls:
+    if seeds and controls:
         note = "the paper's control, no BN at BN-x5's learning rate (section 4.2: it diverged on ImageNet)."
         lines += ["", f"{', '.join(controls)}: {note}"]
     return "\n".join(lines) + "\n"
@@ -390,11 +336,6 @@ def write_fig3(
     """Write `stem`.md and `stem`.csv into out_dir; per-seed lists become ';'-joined cells."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md_path, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    md_path = out_dir / f"{stem}.md"
     md_path.write_text(fig3_markdown(rows))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIG3_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _cell(row[key]) for key in FIG3_COLUMNS})
-    return md_path, csv_path
+    return md_path, write_csv(out_dir / f"{stem}.csv", FIG3_COLUMNS, rows)
