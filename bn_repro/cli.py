@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from bn_repro.config import CONFIG_DIR, ConfigError, check_components, check_values
+from bn_repro.config import CONFIG_DIR, ConfigError, check_components, check_values, components_key
 from bn_repro.errors import UserError, reported
 from bn_repro.schema import near
 
@@ -81,9 +80,7 @@ def preflight(argv: list[str], config_name: str = "train") -> None:
             checked = [(_check_job(job, label), label) for job, label in _jobs(base, parsed, loader, compose)]
             built: set[str] = set()
             for config, label in checked:
-                # The registries and the model on meta depend on these sections only: once per distinct set
-                # (a 560-job grid over lr, seed and init std builds a handful of models, not 560).
-                key = json.dumps([config.get(k) for k in ("data", "model", "norm", "measure")], default=str)
+                key = components_key(config)
                 if key not in built:
                     built.add(key)
                     _labelled(lambda config=config: check_components(config, device=False), label)

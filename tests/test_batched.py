@@ -321,3 +321,42 @@ def test_members_read_their_batches_from_one_normalised_copy_unless_augmented(tm
     train_group(_members(overrides, tmp_path / "augmented"), group=0)
     train(compose_config(overrides[1]), tmp_path / "single_augmented")
     _assert_member_is_single_run(tmp_path / "augmented/member1", tmp_path / "single_augmented")
+
+
+def test_a_groups_configs_build_one_model_per_distinct_architecture(monkeypatch):
+    """resolve_configs checks each member's values, and builds the model on meta once per distinct
+    data/model/norm/measure sections (not once per seed): a bad value is still caught in any member."""
+    import bn_repro.config as config_module
+
+    built = []
+    real = config_module.check_components
+    monkeypatch.setattr(
+        config_module, "check_components", lambda cfg, device=True: (built.append(cfg), real(cfg))
+    )
+    seeds = [compose_config([*SMOKE, f"seed={s}"]) for s in range(3)]
+    resolved = config_module.resolve_configs([*seeds, compose_config([*SMOKE, "norm=layernorm"])])
+    assert [c["seed"] for c in resolved[:3]] == [0, 1, 2] and len(built) == 2
+    with pytest.raises(config_module.ConfigError, match="optim.lr"):
+        config_module.resolve_configs([seeds[0], compose_config([*SMOKE, "optim.lr=-1"])])
+
+
+def test_the_launcher_composes_each_jobs_config_once():
+    """Hydra composes a job's config for the sweeper's check and again for the launcher: the second is a
+    copy of the first, which the caller may change without changing the first."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.bn_repro_batched.batched_launcher import _ComposedOnce
+
+    calls = []
+
+    def load(master, overrides):
+        calls.append(list(overrides))
+        return OmegaConf.create({"seed": len(calls), "overrides": list(overrides)})
+
+    master = OmegaConf.create({})
+    composed = _ComposedOnce(load)
+    first = composed(master, ["seed=1"])
+    first.seed = 99
+    again = composed(master, ["seed=1"])
+    assert calls == [["seed=1"]] and again.seed == 1 and again.overrides == ["seed=1"]
+    assert composed(master, ["seed=2"]).overrides == ["seed=2"] and len(calls) == 2

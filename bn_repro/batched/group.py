@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bn_repro.batched.model import BatchedMLP, StackedSGD, batched_evaluate, batched_train_step
-from bn_repro.config import resolve_config
+from bn_repro.config import resolve_configs
 from bn_repro.engine import interrupts, memory, setup
 from bn_repro.engine.evaluate import population_stats_accuracy
 from bn_repro.engine.loop import Session
@@ -52,7 +52,7 @@ def train_group(
     claim each run dir's lock here (False: the caller holds them, as the batched launcher does). `names`:
     each member's wandb run name (default: from its config); with logger=wandb each member is its own
     wandb run, all open at once in this process."""
-    configs = [resolve_config(config) for config, _ in members]
+    configs = resolve_configs([config for config, _ in members])
     memory.keep_freed_memory()  # a step's buffers reused from the heap, not page-faulted in again
     claims: list[Claim] = []
     results: dict[int, dict[str, Any]] = {}

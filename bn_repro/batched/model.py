@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.sgd import sgd
 
 from bn_repro import norms
 from bn_repro.models.mlp import MLP
@@ -228,9 +229,18 @@ class StackedSGD:
 
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
-        """torch.optim.SGD's update with its foreach ops (one call for all tensors where torch's CPU
-        path loops over them per tensor: the same arithmetic per element, fewer dispatches)."""
+        """torch.optim.SGD's update. One learning rate for all members: torch's fused SGD kernel, one pass
+        over each tensor (its CPU path runs momentum, weight decay and the update as three; the fused one
+        rounds buf * momentum + grad once, a last-bit difference per step). Per-member rates: the same
+        formula with foreach ops, the rate applied row by row."""
         grads = [p.grad for p in self.params]
+        if all(lr == lrs[0] for lr in lrs):
+            # Fills self.buffers on the first step (None: every buffer starts as its gradient).
+            sgd(
+                self.params, grads, self.buffers, fused=True, lr=lrs[0], momentum=self.momentum,
+                weight_decay=self.weight_decay, dampening=0.0, nesterov=self.nesterov, maximize=False,
+            )  # fmt: skip
+            return
         if self.weight_decay != 0:
             grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
         if self.momentum != 0:
@@ -244,9 +254,6 @@ class StackedSGD:
                 if self.nesterov
                 else self.buffers
             )
-        if all(lr == lrs[0] for lr in lrs):
-            torch._foreach_add_(self.params, grads, alpha=-lrs[0])
-            return
         scale = torch.tensor(lrs, dtype=self.params[0].dtype, device=self.params[0].device)
         for slot, param, grad in zip(self.slots, self.params, grads, strict=True):
             count = len(slot.members)
