@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bn_repro.batched.model import BatchedMLP, StackedSGD, batched_evaluate, batched_train_step
+from bn_repro.batched.model import BatchedMLP, StackedSGD, batched_evaluate, batched_train_step, predictions
 from bn_repro.config import resolve_configs
 from bn_repro.engine import interrupts, memory, setup
 from bn_repro.engine.evaluate import population_stats_accuracy
@@ -142,7 +142,7 @@ class _Window:
     def add(self, losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """losses (K,), logits (K, classes, B), targets (K, B)."""
         self.loss += losses
-        self.correct += (logits.argmax(1) == targets).sum(1)
+        self.correct += (predictions(logits) == targets).sum(1)
         self.steps += 1
 
     def scatter(self) -> None:
