@@ -1,20 +1,11 @@
-"""Figures and tables of the batch papers' experiments (issue "The batch in BatchNorm"), from run dirs.
+"""Figures and tables of the batch papers' experiments (EXPERIMENTS: Wu & He 2018, Ioffe 2017, Hoffer et
+al. 2017, Wu & Johnson 2021), from run dirs; results/README.md's batch section says what each shows.
 
     tables = draw_all(["multirun/"], "figures/")   # every experiment found, by experiment_name
 
-- gn_batch_size (Wu & He 2018, Fig. 1): final test error vs batch size per norm, mean +- std over seeds;
-  and, from eval_stats at the end of each run, PreciseBN's accuracy against N with the moving averages
-  and the test batches' own statistics beside it.
-- brn_small_batch, brn_non_iid (Ioffe 2017): test accuracy over training per norm (and sampler), mean
-  with a min-max band over seeds.
-- ghost_large_batch (Hoffer et al. 2017): final / best test accuracy, final train accuracy and the
-  generalization gap (train - test) per setting; curves.
-- precise_bn (Wu & Johnson 2021): accuracy over training with the moving averages, PreciseBN per N and
-  the test batches' statistics, per learning rate; and the final accuracy against N.
-
-A setting is what a run's config says besides its seed (norm, batch, sampler, lr, epochs); seeds of a
-setting are merged: mean and sample std, the band min-max. The runs are read as runs_table's tidy table
-(metrics and eval_stats rows); a run is its row there.
+A setting is what a run's config says besides its seed (SETTINGS: norm, batch, sampler, lr, epochs);
+seeds of a setting are merged: mean and sample std, the band min-max. The runs are read as runs_table's
+tidy table (metrics and eval_stats rows); a run is its row there.
 """
 
 from __future__ import annotations
@@ -30,14 +21,17 @@ from matplotlib.figure import Figure
 
 from bn_repro import norms
 from bn_repro.analysis import runs_table
+from bn_repro.analysis.plots import min_max_band, save
 from bn_repro.analysis.stats import mean_std
+from bn_repro.analysis.tables import markdown_table, spread
 
 EXPERIMENTS = ("gn_batch_size", "brn_small_batch", "brn_non_iid", "ghost_large_batch", "precise_bn")
 EVAL_STATS = "eval_stats"
 STATS_ORDER = ("ema", "precise", "batch")  # eval_stats' kinds: moving averages, PreciseBN, test batches
 STATS_NAMES = {"ema": "moving averages", "batch": "test-batch statistics"}  # the curves' labels
-# The (stats, n) columns of precise_bn's table early in training and at the end.
+# The (stats, n) columns of precise_bn's table early in training and at the end, and their names.
 EARLY_KINDS = (("ema", 0), ("precise", 1000), ("precise", 60000), ("batch", 0))
+EARLY_NAMES = ("moving averages", "PreciseBN N=1,000", "PreciseBN N=60,000", "test batches")
 PNG_DPI = 120
 # Wu & He 2018 (ResNet-50, ImageNet; ../shared/paper_notes.md, "check"): error (%) at batch per GPU.
 GN_PAPER = {
@@ -89,8 +83,7 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 def pct(values: Iterable[float]) -> str:
     """Mean +- sample std, in %."""
-    mean, std = mean_std([100 * v for v in values])
-    return "-" if mean is None else f"{mean:.2f}" + ("" if std is None else f" +- {std:.2f}")
+    return spread(*mean_std([100 * v for v in values]), "{:.2f}")
 
 
 def _natural(text: Any) -> list:
@@ -135,18 +128,9 @@ def _last_stats(table: pd.DataFrame) -> pd.DataFrame:
     return wide[sorted(wide.columns, key=lambda k: (STATS_ORDER.index(k[0]), k[1]))]
 
 
-def _save(fig: Figure, out: Path, name: str, written: list[Path]) -> None:
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
-    written.append(path)
-
-
 def _band(ax, curves: pd.DataFrame, color: str, label: str, lw: float, alpha: float) -> None:
     """The mean over the runs (columns) of step x run accuracies, in %, and their min-max band."""
-    values = curves.to_numpy().T * 100
-    ax.plot(curves.index, values.mean(0), color=color, lw=lw, label=label)
-    if len(values) > 1:
-        ax.fill_between(curves.index, values.min(0), values.max(0), color=color, alpha=alpha, lw=0)
+    min_max_band(ax, curves.index, curves.to_numpy().T * 100, color, label, lw, alpha)
 
 
 def _style(ax, xlabel: str, ylabel: str, title: str, legend: dict | None = None) -> None:
@@ -170,21 +154,21 @@ def gn_batch_size(table: pd.DataFrame, out: Path, written: list[Path]) -> str:
         "**Error vs batch size (Wu & He 2018, Fig. 1 style)**: final test error (%), mean +- std over "
         f"seeds (n); training examples seen (steps x batch): {examples}; lr scaled linearly with the batch.",
         "",
-        "| norm | " + " | ".join(f"batch {b}" for b in batches) + " |",
-        "|---|" + "---|" * len(batches),
     ]
+    header, body = ["norm", *(f"batch {b}" for b in batches)], []
     for i, (label, norm_runs) in enumerate(group(finished, lambda r: r["norm_label"]).items()):
         errors = {b: (1 - runs["final"]).tolist() for b, runs in norm_runs.groupby("data.batch_size")}
         stats = {b: mean_std([100 * e for e in errs]) for b, errs in errors.items()}
         means, stds = [m for m, _ in stats.values()], [s or 0.0 for _, s in stats.values()]
         ax.errorbar(list(stats), means, yerr=stds, marker="o", capsize=3, color=f"C{i}", label=label)
         cells = [f"{pct(errors[b])} ({len(errors[b])})" if b in errors else "-" for b in batches]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        body.append([label, *cells])
+    lines += markdown_table(header, body)
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     title = "Error vs batch size, Fashion-MNIST, VGG-11 at 1/8 width\nmean +- std over seeds"
     _style(ax, "batch size (examples per step)", "final test error (%)", title)
-    _save(ax.figure, out, "gn_batch_size_error", written)
+    save(ax.figure, out, "gn_batch_size_error", written, dpi=PNG_DPI)
     lines += [
         "",
         "Wu & He's ResNet-50 on ImageNet (error %, batch per GPU 32/16/8/4/2; paper_notes, check): "
@@ -204,19 +188,17 @@ def _stats_table(runs: pd.DataFrame, last: pd.DataFrame, label) -> list[str]:
     """The final accuracy per setting (label) and kind of statistics."""
     last = last.loc[runs.index].dropna(axis=1, how="all")
     names = [s if s != "precise" else f"PreciseBN N={n:,}" for s, n in last.columns]
-    lines = [
-        "Final test accuracy (%) by normalization statistics (eval_stats): moving averages (ema), "
-        "PreciseBN from N training examples, the test batches' own statistics (batch).",
-        "",
-        "| setting | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
+    body = []
     for name, group_runs in group(runs, label).items():
         at = last.loc[group_runs.index]
         if at[[k for k in at.columns if k[0] != "ema"]].isna().all(axis=None):
             continue  # no BN statistics to vary (LayerNorm, GroupNorm)
-        lines.append(f"| {name} | " + " | ".join(pct(at[k].dropna()) for k in at.columns) + " |")
-    return lines
+        body.append([name, *(pct(at[k].dropna()) for k in at.columns)])
+    intro = (
+        "Final test accuracy (%) by normalization statistics (eval_stats): moving averages (ema), "
+        "PreciseBN from N training examples, the test batches' own statistics (batch)."
+    )
+    return [intro, "", *markdown_table(["setting", *names], body)]
 
 
 def _stats_vs_n(runs: pd.DataFrame, last: pd.DataFrame, label, out: Path, name: str, written, title) -> None:
@@ -240,7 +222,7 @@ def _stats_vs_n(runs: pd.DataFrame, last: pd.DataFrame, label, out: Path, name: 
     ax.set_xscale("log")
     legend = {"fontsize": 7, "loc": "lower right"}
     _style(ax, "N: training examples behind PreciseBN's statistics", "final test accuracy (%)", title, legend)
-    _save(ax.figure, out, name, written)
+    save(ax.figure, out, name, written, dpi=PNG_DPI)
 
 
 def curves_experiment(table: pd.DataFrame, out: Path, written: list[Path]) -> str:
@@ -249,28 +231,23 @@ def curves_experiment(table: pd.DataFrame, out: Path, written: list[Path]) -> st
     setting, title = CURVES[name]
     test = _metric(table, "test_acc")
     ax = Figure(figsize=(7.0, 4.2), layout="constrained").add_subplot()
-    lines = [
-        f"**{title}** (mean +- std over seeds)",
-        "",
-        "| setting | runs | final test acc (%) | best test acc (%) | final train acc (%) |",
-        "|---|---|---|---|---|",
-    ]
+    columns = ("setting", "runs", "final test acc (%)", "best test acc (%)", "final train acc (%)")
+    body = []
     for i, (label, runs) in enumerate(group(_runs(table), SETTINGS[setting]).items()):
         done = runs[runs["status"] == "finished"]
         if not done.empty:
             _band(ax, test[done.index].dropna(), f"C{i % 10}", f"{label} ({len(done)} seeds)", 1.5, 0.2)
-        numbers = " | ".join(pct(done[column]) for column in ("final", "best", "train"))
-        lines.append(f"| {label} | {len(done)}/{len(runs)} | {numbers} |")
+        body.append([label, f"{len(done)}/{len(runs)}", *(pct(done[c]) for c in ("final", "best", "train"))])
     _style(ax, "training steps", "test accuracy (%)", title)
-    _save(ax.figure, out, f"{name}_curves", written)
-    return "\n".join(lines) + "\n"
+    save(ax.figure, out, f"{name}_curves", written, dpi=PNG_DPI)
+    return "\n".join([f"**{title}** (mean +- std over seeds)", "", *markdown_table(columns, body)]) + "\n"
 
 
 def ghost_large_batch(table: pd.DataFrame, out: Path, written: list[Path]) -> str:
-    lines = ["", "| setting | generalization gap: final train - test acc (points) |", "|---|---|"]
-    for label, runs in group(_runs(table, finished=True), SETTINGS["ghost"]).items():
-        lines.append(f"| {label} | {pct(runs['train'] - runs['final'])} |")
-    return curves_experiment(table, out, written) + "\n".join(lines) + "\n"
+    by_setting = group(_runs(table, finished=True), SETTINGS["ghost"]).items()
+    body = [(label, pct(runs["train"] - runs["final"])) for label, runs in by_setting]
+    lines = markdown_table(("setting", "generalization gap: final train - test acc (points)"), body)
+    return curves_experiment(table, out, written) + "\n".join(["", *lines]) + "\n"
 
 
 def precise_bn(table: pd.DataFrame, out: Path, written: list[Path]) -> str:
@@ -279,13 +256,7 @@ def precise_bn(table: pd.DataFrame, out: Path, written: list[Path]) -> str:
     by_lr, stats = group(finished, SETTINGS["lr"]), _eval_stats(table)
     fig = Figure(figsize=(11.0, 4.0), layout="constrained")
     axes = fig.subplots(1, max(len(by_lr), 1), squeeze=False)[0]
-    early = [
-        "",
-        "Early in training (step 500) and at the end, test accuracy (%) by statistics, mean +- std:",
-        "",
-        "| setting | step | moving averages | PreciseBN N=1,000 | PreciseBN N=60,000 | test batches |",
-        "|---|---|---|---|---|---|",
-    ]
+    early = []  # the table of EARLY_KINDS: a row per lr and step
     for ax, (lr, runs) in zip(axes, by_lr.items(), strict=False):
         rows = stats[stats["run"].isin(runs.index)]
         curves = rows.pivot(index="step", columns=["stats", "n", "run"], values="value").sort_index(axis=1)
@@ -299,12 +270,20 @@ def precise_bn(table: pd.DataFrame, out: Path, written: list[Path]) -> str:
         for step in (500, rows[rows["run"] == runs.index[0]]["step"].max()):
             at = rows[rows["step"] == step].groupby(["stats", "n"])["value"]
             cells = [pct(at.get_group(k)) if k in at.groups else "-" for k in EARLY_KINDS]
-            early.append(f"| {lr} | {step:,} | " + " | ".join(cells) + " |")
-    _save(fig, out, "precise_bn_over_training", written)
+            early.append([lr, f"{step:,}", *cells])
+    save(fig, out, "precise_bn_over_training", written, dpi=PNG_DPI)
     title = "Fig. 1 MLP with BN: final test accuracy vs PreciseBN's N"
     _stats_vs_n(finished, last, SETTINGS["lr"], out, "precise_bn_vs_n", written, title)
-    head = "**PreciseBN and the train/eval discrepancy (Wu & Johnson 2021 style)**\n\n"
-    return head + "\n".join(_stats_table(finished, last, SETTINGS["lr"])) + "\n" + "\n".join(early) + "\n"
+    lines = [
+        "**PreciseBN and the train/eval discrepancy (Wu & Johnson 2021 style)**",
+        "",
+        *_stats_table(finished, last, SETTINGS["lr"]),
+        "",
+        "Early in training (step 500) and at the end, test accuracy (%) by statistics, mean +- std:",
+        "",
+        *markdown_table(("setting", "step", *EARLY_NAMES), early),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # Each experiment's figures and table; the others' (CURVES): curves_experiment.

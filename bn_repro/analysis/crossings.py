@@ -17,6 +17,7 @@ from typing import Any
 from bn_repro.analysis import speedup
 from bn_repro.analysis.figures import RunData, load_all, split_curves
 from bn_repro.analysis.stats import t_interval
+from bn_repro.analysis.tables import markdown_table, spread
 
 
 def curve_label(run: RunData) -> str:
@@ -53,9 +54,9 @@ def crossings_markdown(rows: Sequence[dict[str, Any]]) -> str:
     columns = ("curve", "test acc level", "seeds reaching it (finished)", "steps, mean +- 95% t-interval")
     cells = [
         (r["curve"], f"{100 * r['level']:.2f}%", f"{r['seeds_reaching']} ({r['finished']})",
-         speedup.spread(r["steps_mean"], r["steps_ci95"], "{:,.0f}"),
+         spread(r["steps_mean"], r["steps_ci95"], "{:,.0f}"),
          f"{r['steps_min']:,.0f}-{r['steps_max']:,.0f}" if r["seeds_reaching"] else "-",
-         speedup.spread(r["mean_curve_steps"], None, "{:,.0f}"))
+         spread(r["mean_curve_steps"], None, "{:,.0f}"))
         for r in rows
     ]  # fmt: skip
-    return "\n".join(speedup.markdown_table((*columns, "range", "seed-mean curve"), cells)) + "\n"
+    return "\n".join(markdown_table((*columns, "range", "seed-mean curve"), cells)) + "\n"

@@ -1,56 +1,38 @@
 """The paper's figures and the Fig. 3 table, drawn from run dirs (local files only, headless).
 
     python scripts/make_figures.py                                   # results/ -> results/figures/
-    python scripts/make_figures.py multirun/fig1_mnist_sweep --out figures
-
     report = make_figures(["multirun/"], "figures")                 # the same from Python
-    report.written, report.notes
 
-A run dir is what the train app (or scripts/export_wandb.py) leaves: summary.json, metrics.csv and one
-CSV per measurement, activations.csv among them (bn_repro/records/run_files.py). Runs named fig2_* or
-fig2cpu_* (the CPU-scale family: its own figures, `cpu_scale_` before the dataset in their names) make
-Fig. 2 and Fig. 3; every other run is a Fig. 1 run. Runs are grouped by dataset and planned length
-(config.trainer.max_steps); a group is one figure, named after its dataset (plus `_<steps>steps` when a
-dataset has runs of several lengths):
+bn_repro/records/README.md ("Figures and the Fig. 3 table from runs") lists the files and what each
+draws. Runs named fig2_* or fig2cpu_* (the CPU-scale family: `cpu_scale_` before the dataset in their
+names) make Fig. 2 and Fig. 3; every other run is a Fig. 1 run. A figure is one (dataset, planned length)
+group. Fig. 1(a)'s band is the 95% t-interval of the seed mean; fig1_table_<dataset>.md/.csv (and
+_differences.csv) hold, per norm, final and best test accuracy over the seeds that finished, the steps to
+the no-BN curve's best with the speedup that gives (the Fig. 3 measure applied to Fig. 1), and each norm
+minus torch's BN, paired by seed.
 
-- fig1a_test_accuracy_<dataset>: test accuracy vs steps, one curve per norm (no BN, BN (builtin),
-  BN (custom, explicit), ...): the mean over the seeds that finished, the 95% t-interval of it as a band.
-- fig1bc_activations_<dataset>: the 15th/50th/85th percentiles of the input to the nonlinearity of one
-  unit of the last hidden layer, one panel per norm on shared axes (the paper's Fig. 1(b,c)). The unit
-  is the first probed one (probe.units[0]), the run the lowest seed that finished (else the lowest
-  seed): one run, as the paper draws one, not a mean over seeds.
-- fig1_table_<dataset>.md/.csv (and _differences.csv): per norm, final and best test accuracy over the
-  seeds that finished and the steps to the no-BN curve's best accuracy, with the speedup that gives
-  (the Fig. 3 measure applied to Fig. 1); each norm minus torch's BN, paired by seed.
-- fig2_speedup_<dataset>: test accuracy vs steps for each fig2_* variant present (mean over finished
-  seeds, with a min-max band over them when there are several), with the no-BN baseline's best
-  accuracy (the Fig. 3 target) as a horizontal line.
-- fig3_table_<dataset>.md/.csv: bn_repro/analysis/speedup.py's steps-to-target table for those runs.
-- summary.csv: one row per run.
-
-Curves that would otherwise mix runs of different settings (optim.*, model.*, data.batch_size,
-data.augment) are split, and their labels name the setting. Runs that diverged or stopped early
-(status diverged, running or failed) are drawn on their own, dashed, up to their last evaluation, and
-labelled so; they are left out of every mean (a diverged run's accuracy falls to chance and would drag
-the mean of its seeds down), as speedup.mean_curve does.
+Curves never mix runs that differ in a CURVE_SETTINGS setting (their labels name it). Runs that diverged
+or stopped early are drawn on their own, dashed, and left out of every mean (a diverged run's accuracy
+falls to chance and would drag the mean of its seeds down), as speedup.mean_curve does.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import StrMethodFormatter
 
 from bn_repro import norms
 from bn_repro.analysis import speedup, stats
+from bn_repro.analysis.plots import PNG_DPI as PNG_DPI  # a public name here before plots.py
+from bn_repro.analysis.plots import min_max_band, save, steps_axis
 from bn_repro.analysis.runs_table import find_run_dirs, flatten, read_summary
-from bn_repro.analysis.speedup import markdown_table, spread, write_csv
+from bn_repro.analysis.tables import markdown_table, spread, write_csv
 from bn_repro.records.run_files import SUMMARY_FILE, measurement_file, read_measurement
 
 DATASET_NAMES = {
@@ -91,7 +73,6 @@ FIG1_DIFFERENCE_COLUMNS = (
 REFERENCE_NORM = "builtin"
 ACCURACIES = ("final_test_acc", "best_test_acc")  # summary.json's, per seed
 IMAGE_FORMATS = ("png", "pdf")
-PNG_DPI = 150
 
 
 class NoRunsError(FileNotFoundError):
@@ -195,17 +176,22 @@ def load_all(paths: Iterable[str | Path]) -> list[RunData]:
 # ---------------------------------------------------------------------------------------------- grouping
 
 
+def differing(flats: Sequence[dict[str, Any]], keep: Callable[[str], bool]) -> list[str]:
+    """The keys `keep` selects whose values differ between these flattened configs, sorted."""
+    keys = sorted({k for f in flats for k in f if keep(k)})
+    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+
+
 def split_curves(runs: Sequence[RunData], label_of) -> dict[str, list[RunData]]:
     """Runs by curve: `label_of(run)`, plus the CURVE_SETTINGS keys whose value differs between the runs,
     if any."""
     flats = [flatten(r.config) for r in runs]
-    keys = sorted({k for f in flats for k in f if k.startswith(CURVE_SETTINGS)})
-    differing = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+    keys = differing(flats, lambda k: k.startswith(CURVE_SETTINGS))
     curves: dict[str, list[RunData]] = {}
     for run, flat in zip(runs, flats, strict=True):
         label = label_of(run)
-        if differing:
-            label += " [" + ", ".join(f"{k}={flat.get(k)}" for k in differing) + "]"
+        if keys:
+            label += " [" + ", ".join(f"{k}={flat.get(k)}" for k in keys) + "]"
         curves.setdefault(label, []).append(run)
     return curves
 
@@ -259,13 +245,6 @@ def _stop_text(run: RunData) -> str:
 # ---------------------------------------------------------------------------------------------- drawing
 
 
-def _save(fig: Figure, out_dir: Path, stem: str, report: Report) -> None:
-    for fmt in IMAGE_FORMATS:
-        path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
-        report.written.append(path)
-
-
 def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: str | None) -> speedup.Curve | None:
     """The mean test accuracy of the finished runs, and each stopped run. `band` around the mean:
     "minmax" (the range over seeds), "ci95" (the 95% t-interval of the mean) or None."""
@@ -292,15 +271,9 @@ def _draw_accuracy(ax, label: str, runs: Sequence[RunData], color, band: str | N
     return curve
 
 
-def _steps_axis(ax) -> None:
-    ax.set_xlabel("training steps")
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    ax.grid(alpha=0.3)
-
-
 def _accuracy_axes(ax, **legend) -> None:
     """Axis labels and the legend (`legend`: where; Fig. 2's long one goes to the right of the axes)."""
-    _steps_axis(ax)
+    steps_axis(ax)
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8, **legend)
 
@@ -315,7 +288,7 @@ def plot_fig1a(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report
         fontsize=10,
     )
     _accuracy_axes(ax, loc="lower right")
-    _save(fig, out_dir, stem, report)
+    save(fig, out_dir, stem, report.written, IMAGE_FORMATS)
 
 
 def _typical_run(runs: Sequence[RunData]) -> RunData | None:
@@ -324,13 +297,12 @@ def _typical_run(runs: Sequence[RunData]) -> RunData | None:
     return min(probed, key=lambda r: (r.stopped_early, r.seed if r.seed is not None else 0), default=None)
 
 
-def _unit_series(run: RunData) -> tuple[str, int, dict[str, np.ndarray]]:
-    """(layer, unit, {step, p15, p50, p85}) of the first probed unit of the last hidden layer.
-
-    activations.csv lists a step's layers in depth order (model.probe_points()), so the last layer to
-    appear is the last hidden one.
+def unit_series(run: RunData, layer: str | None = None) -> tuple[str, int, dict[str, np.ndarray]]:
+    """(layer, unit, {step, p15, p50, p85}) of the first probed unit of `layer`, by default the last hidden
+    layer: activations.csv lists a step's layers in depth order (model.probe_points()), so the last layer
+    to appear is the last hidden one.
     """
-    layer = list(dict.fromkeys(r["layer"] for r in run.activations))[-1]
+    layer = layer or list(dict.fromkeys(r["layer"] for r in run.activations))[-1]
     unit = next(r["unit"] for r in run.activations if r["layer"] == layer)
     rows = sorted(
         (r for r in run.activations if r["layer"] == layer and r["unit"] == unit), key=lambda r: r["step"]
@@ -341,7 +313,7 @@ def _unit_series(run: RunData) -> tuple[str, int, dict[str, np.ndarray]]:
 def _p50_over_seeds(runs: Sequence[RunData]) -> tuple[np.ndarray, np.ndarray] | None:
     """(steps, p50 per seed: (seeds, steps)) of the Fig. 1(b,c) unit in every finished run with probe
     rows, at the steps all of them probed; None with fewer than two such runs."""
-    series = [_unit_series(r)[2] for r in runs if r.activations and not r.stopped_early]
+    series = [unit_series(r)[2] for r in runs if r.activations and not r.stopped_early]
     if len(series) < 2:
         return None
     steps = sorted(set(series[0]["step"].tolist()).intersection(*(s["step"].tolist() for s in series[1:])))
@@ -362,13 +334,13 @@ def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Repor
     axes = fig.subplots(1, columns, sharex=True, sharey=True, squeeze=False)[0]
     described = set()
     for ax, (label, run) in zip(axes, panels, strict=False):
-        layer, unit, series = _unit_series(run)
+        layer, unit, series = unit_series(run)
         described.add((layer, unit))
         for p, style, width in (("p85", "--", 1.0), ("p50", "-", 1.6), ("p15", ":", 1.2)):
             ax.plot(series["step"], series[p], color="C0", ls=style, lw=width, label=f"{p[1:]}th percentile")
         note = f", {_stop_text(run)}" if run.stopped_early else f", seed {run.seed}"
         ax.set_title(("without BN" if run.without_norm else f"with {label}") + note, fontsize=9)
-        _steps_axis(ax)
+        steps_axis(ax)
     activation = runs[0].config.get("model", {}).get("activation", "nonlinearity")
     axes[0].set_ylabel(f"input to the {activation}")
     axes[len(panels) - 1].legend(fontsize=8, loc="best")
@@ -376,10 +348,9 @@ def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Repor
         ax = axes[-1]
         for label, (steps, values) in spreads.items():
             color = f"C{list(curves).index(label)}"  # the norm's colour in Fig. 1(a)
-            ax.plot(steps, values.mean(0), color=color, lw=1.6, label=f"{label} ({len(values)} seeds)")
-            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
+            min_max_band(ax, steps, values, color, f"{label} ({len(values)} seeds)", lw=1.6)
         ax.set_title("50th percentile over seeds: mean, band min-max", fontsize=9)
-        _steps_axis(ax)
+        steps_axis(ax)
         ax.legend(fontsize=8, loc="best")
     where = "; ".join(f"unit {u} of {layer} (last hidden layer)" for layer, u in sorted(described))
     probe = runs[0].config.get("probe", {})
@@ -388,7 +359,7 @@ def plot_fig1bc(runs: Sequence[RunData], out_dir: Path, stem: str, report: Repor
     fig.suptitle(
         f"Fig. 1(b,c): {drawn}\n{where}:\n{{15, 50, 85}}th percentiles over {probe_text}", fontsize=10
     )
-    _save(fig, out_dir, stem, report)
+    save(fig, out_dir, stem, report.written, IMAGE_FORMATS)
     return True
 
 
@@ -416,7 +387,7 @@ def plot_fig2(runs: Sequence[RunData], out_dir: Path, stem: str, report: Report)
         f"Fig. 2: {_title(runs)}\ntest accuracy of each variant, mean over seeds{spread_text}", fontsize=10
     )
     _accuracy_axes(ax, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    _save(fig, out_dir, stem, report)
+    save(fig, out_dir, stem, report.written, IMAGE_FORMATS)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -441,12 +412,9 @@ def write_fig3_table(runs: Sequence[RunData], out_dir: Path, stem: str, report: 
 def _accuracy_columns(finished: Sequence[RunData], kind: str) -> dict[str, Any]:
     """{kind}_acc_mean, _std (sample) and _ci95 (half-width) of summary.json's {kind}_test_acc over the
     finished seeds (None without values, the std and interval below two)."""
-    values = np.array([r.summary[f"{kind}_test_acc"] for r in finished], dtype=float)
-    return {
-        f"{kind}_acc_mean": values.mean() if len(values) else None,
-        f"{kind}_acc_std": values.std(ddof=1) if len(values) > 1 else None,
-        f"{kind}_acc_ci95": stats.t_interval(values)[1],
-    }
+    values = [r.summary[f"{kind}_test_acc"] for r in finished]
+    mean, std = stats.numpy_mean_std(values)
+    return {f"{kind}_acc_mean": mean, f"{kind}_acc_std": std, f"{kind}_acc_ci95": stats.t_interval(values)[1]}
 
 
 def fig1_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:

@@ -4,9 +4,8 @@
     rows = cell_rows(cells)                                                      # one dict per cell
     report = write_all(rows, "results/lr_init_grid_fashion_mnist")               # figures, tables, summary
 
-The runs are those of configs/experiment/lr_init_grid.yaml ("BN allows higher learning rates" and "reduces
-the dependence of gradients on the scale of the parameters or of their initial values", paper section 3.3):
-the Fig. 1 MLP over norm.kind x optim.momentum x model.init_std x optim.lr x seed. Definitions:
+The runs are those of configs/experiment/lr_init_grid.yaml (setup and findings: results/README.md,
+"Section 3.3"). Definitions:
 
 - A cell is one (protocol = optim.momentum, norm.kind, model.init_std, optim.lr): its seeds. Runs are split
   into cells by figures.split_curves, so runs that differ in any other curve setting (optim.*, model.*,
@@ -30,7 +29,6 @@ the Fig. 1 MLP over norm.kind x optim.momentum x model.init_std x optim.lr x see
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -44,14 +42,15 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from bn_repro.analysis.figures import DATASET_NAMES, Report, RunData, load_all, split_curves
+from bn_repro.analysis.plots import PNG_DPI
 from bn_repro.analysis.runs_table import flatten
 from bn_repro.analysis.speedup import steps_to_target_per_run
 from bn_repro.analysis.stats import t_interval
+from bn_repro.analysis.tables import markdown_table, spread, write_csv
 
 TARGET = 0.8
 AREA_LEVELS = (0.8, 0.5)
 STEM = "lr_init_grid"
-PNG_DPI = 150
 DEFAULT_INIT_LABEL = "PyTorch default"
 
 CELL_COLUMNS = (
@@ -111,7 +110,7 @@ def _init_order(init_std: float | None) -> tuple[bool, float]:
 
 def _steps_text(steps: float | None, half: float | None = None) -> str:
     """1,500 or 1,500 +- 300."""
-    return "-" if steps is None else f"{steps:,.0f}" + ("" if half is None else f" +- {half:,.0f}")
+    return spread(steps, half, "{:,.0f}")
 
 
 def _short_steps(steps: float) -> str:
@@ -121,7 +120,7 @@ def _short_steps(steps: float) -> str:
 
 def _pct(value: float | None, half: float | None = None) -> str:
     """87.39% or 87.39% +- 0.25."""
-    return "-" if value is None else f"{100 * value:.2f}%" + ("" if half is None else f" +- {100 * half:.2f}")
+    return spread(value, half, "{:.2f}%", 100, "{:.2f}")
 
 
 def _lr_span(lrs: Sequence[float]) -> str:
@@ -367,23 +366,15 @@ def write_heatmaps(rows: Sequence[Row], out_dir: Path, report: Report) -> None:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def _csv_value(row: Row, column: str) -> Any:
-    value = row.get(column)
-    if isinstance(value, list):
-        return ";".join("" if v is None else str(v) for v in value)
-    # An init std that is present and None: PyTorch's default init, "null" as in the preset.
-    return ("null" if column.endswith("init_std") and column in row else "") if value is None else value
-
-
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Row]) -> None:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([columns, *([_csv_value(row, k) for k in columns] for row in rows)])
+    # An init std that is present and None: PyTorch's default init, "null" as in the preset.
+    nulls = [{k: "null" if v is None and k.endswith("init_std") else v for k, v in r.items()} for r in rows]
+    write_csv(path, columns, nulls)
 
 
 def _markdown(header: Sequence[str], rows: Iterable[Sequence[Any]], before: str = "", after: str = "") -> str:
     """A markdown table, with a paragraph before and after it where given."""
-    lines = ["| " + " | ".join(map(str, row)) + " |" for row in (header, *rows)]
-    lines[1:1] = ["|---" * len(header) + "|"]
+    lines = markdown_table(header, rows)
     return "\n".join([*([before, ""] if before else []), *lines, *(["", after] if after else [])]) + "\n"
 
 

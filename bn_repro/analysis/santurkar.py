@@ -4,38 +4,15 @@ and tables from run dirs that carry the measurements of bn_repro/measures/ (loca
     python scripts/santurkar_figures.py /tmp/res/santurkar_vgg /tmp/res/santurkar_vgg_noisy --out figures
     report = make_santurkar_figures(["multirun/"], "figures")      # the same from Python
 
-Runs are grouped by `experiment_name` (one set of figures and one table each). Within an experiment,
-a variant is the norm's registry label (no BN, BN (builtin), noisy BN, ...), plus the learning rate when
-the experiment's runs differ in it, plus any other setting that differs (model.*, data.batch_size,
-trainer.max_steps, norm options within a norm): seeds of a variant are merged, variants never are.
-Curves are the mean over the variant's seeds at the steps all of them share, with a band of +- one
-sample std over seeds. Runs that did not finish (diverged, failed, still running) are left out of a
-variant that has finished runs (each one named in the report's notes); a variant with none is drawn
-from what its runs have, labelled "not finished".
-
-Per experiment `<exp>` (files in the output folder):
-
-- `<exp>_curves.png`: train/test loss and accuracy (metrics.csv).
-- `<exp>_activations.png` (Fig. 2 style): for a probed layer, per variant: the 15th/50th/85th
-  percentiles of one unit's input to the nonlinearity (activations.csv: the probe's mode, eval by
-  default, in which noisy BN adds no noise) and, below, the training-mode drift of the probed units'
-  means since the first measurement (the running sum of ics_distribution.csv's mean_shift: what the
-  next layer sees during training, noise included). One run (the lowest finished seed), as the paper.
-- `<exp>_ics_gradient.png` (Fig. 3 style): gradient ICS l2_diff (log scale) and cosine over training,
-  for a few layers and the average over layers. The first layer is left out of every average and
-  table: it has no earlier layer, so its G' is G by definition (l2 0, cosine 1).
-- `<exp>_landscape.png` (Fig. 4 style): the loss band (loss_min..loss_max along the gradient), the
-  gradient predictiveness (grad_diff_min..grad_diff_max) and the effective beta-smoothness.
-- `<exp>_ics_distribution.png`: Ioffe's distribution shift (ics_distribution.csv, per layer the mean
-  over probed units of |mean_shift|, |log std_ratio| and the Wasserstein-1 distance) next to the
-  gradient ICS, over training (averaged over layers) and per layer (averaged over measured steps).
-- `<exp>_table.md` / `<exp>_table.csv`: per variant, mean +- std over seeds of: final and best test
-  accuracy; gradient ICS l2 and cosine (mean over layers) at the last measured step, and averaged over
-  the measured steps (all of them, and those of the second half of training, which leaves out e.g. a
-  no-BN net's plateau at chance); the distribution shift; the loss band width, grad_diff_max and
-  beta-smoothness (same two averages); each measurement's cost in ms per call (summary.json) and the
-  measurements' share of the run's wall time. `<exp>_layers.csv` (and the .md's last table): the
-  per-layer gradient ICS at the last measured step.
+Runs are grouped by `experiment_name` (one set of figures and one table each; the files are listed in
+results/README.md's Santurkar section, each table's text says what its numbers are). Within an
+experiment, a variant is the norm's registry label, plus the learning rate when the experiment's runs
+differ in it, plus any other setting that differs (SPLIT_SETTINGS, norm options within a norm): seeds of
+a variant are merged, variants never are. Curves are the mean over the variant's seeds at the steps all of
+them share, with a band of +- one sample std over seeds. Runs that did not finish are left out of a
+variant that has finished runs (each named in the report's notes); a variant with none is drawn from
+what its runs have, labelled "not finished". The first ics_gradient layer is left out of every average
+and table: it has no earlier layer, so its G' is G by definition (l2 0, cosine 1).
 
 A run that lacks a measurement a figure needs is an error (MissingMeasurementError) naming the file and
 the `measure.<name>.every` to set; with allow_missing=True that figure is skipped with a note instead.
@@ -43,7 +20,6 @@ the `measure.<name>.every` to set; with allow_missing=True that figure is skippe
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -54,10 +30,13 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+from matplotlib.ticker import MaxNLocator
 
-from bn_repro.analysis.figures import PNG_DPI, NoRunsError, Report, RunData, load_all
+from bn_repro.analysis.figures import NoRunsError, Report, RunData, differing, load_all, unit_series
+from bn_repro.analysis.plots import save, steps_axis
 from bn_repro.analysis.runs_table import flatten
+from bn_repro.analysis.stats import numpy_mean_std
+from bn_repro.analysis.tables import markdown_table, spread, write_csv
 from bn_repro.records.run_files import METRICS_FILE, SUMMARY_FILE, measurement_file, read_csv
 
 __all__ = ["MEASUREMENTS", "MissingMeasurementError", "NoRunsError", "Variant", "collect_runs",
@@ -142,11 +121,6 @@ class Variant:
         return min(self.runs, key=_seed_order)
 
 
-def _differing(flats: Sequence[dict[str, Any]], keep: Callable[[str], bool]) -> list[str]:
-    keys = sorted({k for f in flats for k in f if keep(k)})
-    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
-
-
 def _lr(run: RunData) -> float | None:
     lr = run.config.get("optim", {}).get("lr")
     return float(lr) if lr is not None else None
@@ -166,12 +140,12 @@ def variants_of(runs: Sequence[RunData]) -> list[Variant]:
     each by lr."""
     flats = [flatten(r.config) for r in runs]
     several_lrs = len({_lr(r) for r in runs}) > 1
-    others = _differing(flats, lambda k: k.startswith(SPLIT_SETTINGS) and k != "optim.lr")
+    others = differing(flats, lambda k: k.startswith(SPLIT_SETTINGS) and k != "optim.lr")
     groups: dict[tuple, list[RunData]] = {}
     for run, flat in zip(runs, flats, strict=True):
         # A norm's own options (e.g. noisy BN's ramp_steps) split the runs of that norm only.
         of_norm = [f for r, f in zip(runs, flats, strict=True) if r.norm_kind == run.norm_kind]
-        keys = [*others, *_differing(of_norm, lambda k: k.startswith("norm.") and k != "norm.kind")]
+        keys = [*others, *differing(of_norm, lambda k: k.startswith("norm.") and k != "norm.kind")]
         settings = tuple(f"{k}={flat.get(k)}" for k in keys)
         groups.setdefault((run.norm_kind, _lr(run), settings), []).append(run)
     lrs = sorted({lr for _, lr, _ in groups if lr is not None})
@@ -236,17 +210,6 @@ def band(series: Sequence[dict[int, float]]) -> Band:
     with np.errstate(invalid="ignore"):  # a NaN or inf (a dead net's cosine) stays a gap in the curve
         std = values.std(axis=0, ddof=1) if len(series) > 1 else np.zeros(len(steps))
     return Band(np.array(steps), values.mean(axis=0), std, len(series))
-
-
-def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std over seeds of the values that are numbers (std None with fewer than two). Not
-    stats.mean_std: its exact sums differ from numpy's in the last digit of the committed tables."""
-    xs = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if not len(xs):
-        return None, None
-    if not np.isfinite(xs).all():  # e.g. |log std ratio| of a layer whose units died (std 0)
-        return float(xs[~np.isfinite(xs)][0]), None
-    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else None
 
 
 def _finite_mean(values: Iterable[float]) -> float | None:
@@ -330,14 +293,6 @@ def profile(run: RunData, quantity: str, last_only: bool = False, first: bool = 
 # ---------------------------------------------------------------------------------------------- drawing
 
 
-def _steps_axis(ax, label: bool = True) -> None:
-    """Thousands separators; the label only where asked (a panel above another with the same x has none)."""
-    if label:
-        ax.set_xlabel("training steps")
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    ax.grid(alpha=0.3)
-
-
 def _log_if_wide(ax, values: Iterable[float]) -> None:
     """A log y scale when the positive values span more than MAX_SMALL_LOG_RATIO. Values <= 0 (exact
     zeros: a dead net's gradients) cannot be drawn there; the panel then says so."""
@@ -404,7 +359,7 @@ def plot_curves(variants: Sequence[Variant]) -> tuple[Figure, str]:
         _band_panel(ax, variants, partial(metric_series, column=column), "linear" if acc else "log",
                     100.0 if acc else 1.0)  # fmt: skip
         ax.set_ylabel(ylabel)
-        _steps_axis(ax, label=ax in axes[1])
+        steps_axis(ax, label=ax in axes[1])
     _variant_legend(fig, axes[1, 1])
     return fig, "loss and accuracy: mean over seeds, band +- 1 std"
 
@@ -424,17 +379,14 @@ def plot_activations(variants: Sequence[Variant], layer: str | None = None) -> t
     described = set()
     for col, v in enumerate(variants):
         run = v.typical_run()
-        name = _activation_layer(run, layer)
-        unit = next(r["unit"] for r in run.activations if r["layer"] == name)
+        name, unit, probe = unit_series(run, _activation_layer(run, layer))
         described.add((name, unit))
-        probe = sorted((r for r in run.activations if (r["layer"], r["unit"]) == (name, unit)),
-                       key=lambda r: r["step"])  # fmt: skip
-        steps, p15, p50, p85 = ([r[k] for r in probe] for k in ("step", "p15", "p50", "p85"))
+        steps, p15, p50, p85 = (probe[k] for k in ("step", "p15", "p50", "p85"))
         ax = axes[0, col]
         ax.fill_between(steps, p15, p85, color=v.color, alpha=0.25, lw=0, label="15-85th percentile")
         ax.plot(steps, p50, color=v.color, lw=1.5, label="median")
         ax.set_title(f"{v.label}, seed {run.seed}", fontsize=9)
-        _steps_axis(ax, label=not with_drift)
+        steps_axis(ax, label=not with_drift)
         if not with_drift:
             continue
         ax = axes[1, col]
@@ -449,7 +401,7 @@ def plot_activations(variants: Sequence[Variant], layer: str | None = None) -> t
                     alpha=1.0 if main else 0.6, label=f"unit {u}" if main else None)  # fmt: skip
         ax.plot([], [], color="gray", lw=0.7, label="other probed units")
         ax.axhline(0, color="black", lw=0.5)
-        _steps_axis(ax)
+        steps_axis(ax)
     config = variants[0].runs[0].config
     probe_cfg, model = config.get("probe", {}), config.get("model", {})
     # What the probed values feed: the model's activation, or (a linear net) the next layer.
@@ -488,7 +440,7 @@ def plot_ics_gradient(variants: Sequence[Variant]) -> tuple[Figure, str]:
         for row, quantity in enumerate(("l2_diff", "cosine")):
             of_run = partial(series, quantity=quantity, layer=layer)
             _band_panel(axes[row, col], variants, of_run, "cosine" if quantity == "cosine" else "log")
-            _steps_axis(axes[row, col], label=row == 1)
+            steps_axis(axes[row, col], label=row == 1)
         name = f"layer {layers.index(layer) + 1}: {layer}" if layer else f"mean over layers 2-{len(layers)}"
         axes[0, col].set_title(name, fontsize=9)
     axes[0, 0].set_ylabel("||G - G'||_2")
@@ -520,12 +472,12 @@ def plot_landscape(variants: Sequence[Variant]) -> tuple[Figure, str]:
         if low != "loss_min":  # the loss band stays linear (as the paper's): its width is the point
             _log_if_wide(ax, drawn)
         ax.set_ylabel(ylabel)
-        _steps_axis(ax)
+        steps_axis(ax)
         ax.set_title(f"{title}: min-max over the step sizes", fontsize=9)
     _band_panel(axes[2], variants, partial(series, quantity="beta_smoothness"))
     axes[2].set_ylabel("max ||grad change|| / ||parameter change||")
     axes[2].set_title("(c) effective beta-smoothness: mean over seeds, +- 1 std", fontsize=9)
-    _steps_axis(axes[2])
+    steps_axis(axes[2])
     _variant_legend(fig, axes[0])
     cfg = variants[0].runs[0].config.get("measure", {}).get("landscape", {})
     sizes = cfg.get("step_sizes") or []
@@ -546,7 +498,7 @@ def plot_ics_distribution(variants: Sequence[Variant]) -> tuple[Figure, str]:
         kind, dist = "cosine" if quantity == "cosine" else "log", quantity in DIST_STATS
         _band_panel(top, variants, partial(series, quantity=quantity), kind)
         _band_panel(bottom, variants, partial(profile, quantity=quantity, first=dist), kind, per_layer=True)
-        _steps_axis(top)
+        steps_axis(top)
         bottom.set_xlabel("layer (depth order, 1 = first)")
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         bottom.grid(alpha=0.3)
@@ -601,7 +553,7 @@ def table_rows(exp: str, variants: Sequence[Variant]) -> list[dict[str, Any]]:
             "finished": sum(not r.stopped_early for r in v.runs),
         }  # fmt: skip
         for key in NUMBER_KEYS:
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(n[key] for n in per_run)
+            row[f"{key}_mean"], row[f"{key}_std"] = numpy_mean_std(n[key] for n in per_run)
         rows.append(row)
     return rows
 
@@ -614,8 +566,8 @@ def layer_rows(exp: str, variants: Sequence[Variant]) -> list[dict[str, Any]]:
         l2, cos = ([profile(r, q, last_only=True) for r in runs] for q in ("l2_diff", "cosine"))
         for i, layer in enumerate(_layers(runs[0].measurement("ics_gradient")) if runs else []):
             row = {"experiment": exp, "variant": v.label, "layer_index": i + 1, "layer": layer}
-            row["l2_mean"], row["l2_std"] = _mean_std(p.get(i) for p in l2)
-            row["cos_mean"], row["cos_std"] = _mean_std(p.get(i) for p in cos)
+            row["l2_mean"], row["l2_std"] = numpy_mean_std(p.get(i) for p in l2)
+            row["cos_mean"], row["cos_std"] = numpy_mean_std(p.get(i) for p in cos)
             rows.append(row)
     return rows
 
@@ -630,11 +582,8 @@ CELL_FORMATS = {
 
 def _cell(row: dict[str, Any], key: str, kind: str = "num") -> str:
     """`<key>_mean +- <key>_std` of a table row ("-" without a mean, no std with one seed)."""
-    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-    if mean is None:
-        return "-"
     scale, fmt, std_fmt = CELL_FORMATS[kind]
-    return fmt.format(scale * mean) + (f" +- {std_fmt.format(scale * std)}" if std is not None else "")
+    return spread(row[f"{key}_mean"], row[f"{key}_std"], fmt, scale, std_fmt)
 
 
 def _stat(key: str, kind: str = "num") -> Callable[[dict[str, Any]], str]:
@@ -681,25 +630,12 @@ MD_TABLES = (
 )  # fmt: skip
 
 
-def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return [*lines, *("| " + " | ".join(cells) + " |" for cells in body), ""]
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]], report: Report) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    report.written.append(path)
-
-
 def write_table(exp: str, variants: Sequence[Variant], out_dir: Path, report: Report) -> list[dict[str, Any]]:
     rows, by_layer = table_rows(exp, variants), layer_rows(exp, variants)
     lines = [f"**{_title(exp, variants)}**", ""]
     for text, columns in MD_TABLES:
         body = [(r["variant"], *(cell(r) for cell in columns.values())) for r in rows]
-        lines += [text, "", *_md_table(("variant", *columns), body)]
+        lines += [text, "", *markdown_table(("variant", *columns), body), ""]
     if by_layer:
         labels = [v.label for v in variants if any(x["variant"] == v.label for x in by_layer)]
         cell = {(x["variant"], x["layer_index"]): x for x in by_layer}
@@ -712,13 +648,14 @@ def write_table(exp: str, variants: Sequence[Variant], out_dir: Path, report: Re
             "Gradient ICS per weight layer at the last measured step (layer 1: G' = G by definition):",
             "",
         ]
-        lines += _md_table(("layer", *(f"{label}: {k}" for label in labels for k in ("l2", "cosine"))), body)
+        header = ("layer", *(f"{label}: {k}" for label in labels for k in ("l2", "cosine")))
+        lines += [*markdown_table(header, body), ""]
     md_path = out_dir / f"{exp}_table.md"
     md_path.write_text("\n".join([*lines, "Mean +- sample std over seeds (no std with one seed)."]) + "\n")
     report.written.append(md_path)
-    _write_csv(out_dir / f"{exp}_table.csv", TABLE_COLUMNS, rows, report)
+    report.written.append(write_csv(out_dir / f"{exp}_table.csv", TABLE_COLUMNS, rows))
     if by_layer:
-        _write_csv(out_dir / f"{exp}_layers.csv", LAYER_COLUMNS, by_layer, report)
+        report.written.append(write_csv(out_dir / f"{exp}_layers.csv", LAYER_COLUMNS, by_layer))
     return rows
 
 
@@ -788,8 +725,7 @@ def make_santurkar_figures(
         for name, plot, prefix in figures:
             fig, text = plot(variants)
             fig.suptitle(f"{prefix}{_title(exp, variants)}\n{text}", fontsize=10)
-            fig.savefig(out_dir / f"{exp}_{name}.png", dpi=PNG_DPI, bbox_inches="tight")
-            report.written.append(out_dir / f"{exp}_{name}.png")
+            save(fig, out_dir, f"{exp}_{name}", report.written)
         write_table(exp, variants, out_dir, report)
     return report
 

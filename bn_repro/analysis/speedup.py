@@ -29,7 +29,6 @@ Inception"):
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 
 from bn_repro.analysis.runs_table import METRICS, find_run_dirs, read_summary
 from bn_repro.analysis.stats import mean_std
+from bn_repro.analysis.tables import markdown_table, spread, write_csv
 from bn_repro.records.run_files import SUMMARY_FILE, read_measurement
 
 BASELINE = "fig2_inception"
@@ -241,40 +241,6 @@ def fig3_table(
 
 
 # ---------------------------------------------------------------------------------------------- tables
-# Shared by the analysis modules' markdown and CSV writers.
-
-
-def spread(
-    mean: float | None, half: float | None, fmt: str, scale: float = 1, half_fmt: str = "", end: str = ""
-) -> str:
-    """'mean +- half' (a std or an interval's half-width; the mean alone without one), both times `scale`
-    in `fmt` (`half_fmt` for the half when given), then `end`; '-' without a mean."""
-    if mean is None:
-        return "-"
-    text = fmt.format(scale * mean)
-    if half is not None:
-        text += " +- " + (half_fmt or fmt).format(scale * half)
-    return text + end
-
-
-def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    """The lines of a markdown table: the header, its rule and one line per row of cells."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-
-
-def _cell(value: Any) -> Any:
-    """A per-seed list as one CSV cell, ';'-joined (empty items for seeds that never reached)."""
-    return ";".join("" if v is None else str(v) for v in value) if isinstance(value, list) else value
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
-    """`columns` of each row (None is an empty cell, a list ';'-joined)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows([_cell(row[key]) for key in columns] for row in rows)
-    return path
 
 
 def _fig3_cells(row: dict[str, Any], seeds: bool) -> list[Any]:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats as _scipy_stats
 
 CONFIDENCE = 0.95
@@ -44,6 +45,18 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if len(values) < 2:
         return mean, None
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def numpy_mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std of the values that are numbers (std None with fewer than two), summed as numpy
+    sums: mean_std's exact sums differ from numpy's in the last digit of the committed tables. A value that
+    is infinite (e.g. |log std ratio| of a layer whose units died, std 0) is the mean, with no std."""
+    xs = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if not len(xs):
+        return None, None
+    if not np.isfinite(xs).all():
+        return float(xs[~np.isfinite(xs)][0]), None
+    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else None
 
 
 @dataclass(frozen=True)
