@@ -81,6 +81,19 @@ def test_a_member_is_its_single_run(norm, tmp_path):
         assert written.get("final_test_acc_population_stats") == single.get("final_test_acc_population_stats")
 
 
+@pytest.mark.slow  # three torch.compile calls: about a minute
+@pytest.mark.parametrize("norm", ["norm=none", "norm=builtin"])
+def test_a_compiled_member_is_its_compiled_single_run(norm, tmp_path):
+    """trainer.compile=true: the group compiles its training forward and loss, as a single run compiles
+    its net; the member is still its single run (inductor's kernels round differently from eager's)."""
+    overrides = [[*STEPS, norm, "trainer.compile=true", f"seed={s}"] for s in (0, 1)]
+    assert plan([resolve_config(compose_config(o)) for o in overrides], max_members=20)[0] == [[0, 1]]
+    train_group(_members(overrides, tmp_path))
+    for k, o in enumerate(overrides):
+        train(compose_config(o), tmp_path / f"single{k}")
+        _assert_member_is_single_run(tmp_path / f"member{k}", tmp_path / f"single{k}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("norm", ["norm=none", "norm=builtin", "norm=custom norm.backward=explicit"])
 def test_a_fig1_member_is_its_single_run_over_500_steps(norm, tmp_path):

@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from bn_repro.batched.model import BatchedMLP, StackedSGD, batched_evaluate, batched_train_step, predictions
+from bn_repro.batched.model import (
+    BatchedMLP,
+    StackedSGD,
+    batched_evaluate,
+    batched_train_step,
+    compiled_losses,
+    predictions,
+)
 from bn_repro.config import resolve_configs
 from bn_repro.engine import interrupts, memory, setup
 from bn_repro.engine.evaluate import population_stats_accuracy
@@ -163,6 +170,10 @@ class _Batched:
             self.model, members[0].config["optim"], [m.run.optimizer for m in members]
         )
         self.window = _Window(self.members)
+        # trainer.compile=true (the same for every member: it is no batched key): the training forward and
+        # loss compiled, as a single run compiles its net; evaluations stay eager, as a single run's do.
+        compiled = members[0].config["trainer"]["compile"]
+        self.losses_fn = compiled_losses(self.model) if compiled else None
 
     def scatter(self) -> None:
         """Everything the members' own code reads: parameters, buffers, momentum, training window."""
@@ -256,7 +267,9 @@ def _train_together(members: list[Session], start: int) -> None:
                 sync()
                 for k, member in enumerate(members):
                     member.measure("before_step", step, (x[k], y[k]), last=False)
-            losses, logits = batched_train_step(batched.model, batched.optimizer, x, y, lrs)
+            losses, logits = batched_train_step(
+                batched.model, batched.optimizer, x, y, lrs, batched.losses_fn
+            )
             owed += 1
             if stepped:
                 with warnings.catch_warnings():

@@ -47,8 +47,6 @@ def unbatchable_reason(config: Mapping[str, Any]) -> str | None:
         return f"norm={norm}: batched members support norm={'|'.join(NORMS)}"
     if config["optim"]["name"] != "sgd":
         return f"optim={config['optim']['name']}: batched members support SGD only"
-    if trainer["compile"]:
-        return "trainer.compile=true: the batched model is not compiled"
     if trainer["precision"] == "bf16" or (trainer["precision"] == "auto" and _cuda(trainer["device"])):
         return "bf16 autocast: batched members train in float32"
     return None
