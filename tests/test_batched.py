@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SMOKE, compose_config
+from conftest import NEEDS_INDUCTOR_CPU, REPO, SMOKE, compose_config
 
 from bn_repro.batched import plan, train_group
 from bn_repro.batched.grouping import ALONE
@@ -81,6 +81,7 @@ def test_a_member_is_its_single_run(norm, tmp_path):
         assert written.get("final_test_acc_population_stats") == single.get("final_test_acc_population_stats")
 
 
+@NEEDS_INDUCTOR_CPU
 @pytest.mark.slow  # three torch.compile calls: about a minute
 @pytest.mark.parametrize("norm", ["norm=none", "norm=builtin"])
 def test_a_compiled_member_is_its_compiled_single_run(norm, tmp_path):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import SMOKE, compose_config
+from conftest import NEEDS_INDUCTOR_CPU, SMOKE, compose_config
 from torch import nn
 
 from bn_repro import norms
@@ -121,6 +121,7 @@ def test_custom_bn_computes_in_float32_under_bf16_autocast(backward):
     assert x.grad.dtype == torch.bfloat16 and bn.weight.grad.dtype == torch.float32
 
 
+@NEEDS_INDUCTOR_CPU
 @pytest.mark.slow
 def test_compile_on_cpu_trains_like_eager(tmp_path, smoke_overrides):
     # The Fig. 1 MLP: the smallest graph, so the first compile stays short on a CPU.
