@@ -67,11 +67,12 @@ def _members(overrides_per_member, root):
     return [(compose_config(o), root / f"member{k}") for k, o in enumerate(overrides_per_member)]
 
 
+@pytest.mark.parametrize("backward", ["explicit", "autograd"])
 @pytest.mark.parametrize("norm", NORMS)
-def test_a_member_is_its_single_run(norm, tmp_path):
+def test_a_member_is_its_single_run(norm, backward, tmp_path):
     # Two seeds and two learning rates in one group: the members differ in both batched keys.
     overrides = [[*STEPS, *norm.split(), "seed=0"], [*STEPS, *norm.split(), "seed=1", "optim.lr=0.1"]]
-    summaries = train_group(_members(overrides, tmp_path), group=3, jobs=[7, 8])
+    summaries = train_group(_members(overrides, tmp_path), group=3, jobs=[7, 8], backward=backward)
     for k, o in enumerate(overrides):
         single = train(compose_config(o), tmp_path / f"single{k}")
         _assert_member_is_single_run(tmp_path / f"member{k}", tmp_path / f"single{k}")
@@ -256,6 +257,18 @@ def test_jobs_that_cannot_be_batched_run_alone_with_a_note(monkeypatch):
     assert sorted(map(len, groups)) == [3, 3]
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "DDP" in plan(jobs[:2], max_members=20)[1][0]
+
+
+def test_a_bad_backward_is_named_with_the_valid_choices(tmp_path):
+    from hydra_plugins.bn_repro_batched.batched_launcher import BatchedLauncher
+
+    with pytest.raises(
+        ValueError, match=r"hydra.launcher.backward='paper' is not valid; valid choices: explicit, autograd"
+    ):
+        BatchedLauncher(backward="paper")
+    with pytest.raises(ValueError, match="backward='paper' is not valid"):
+        train_group(_members([[*STEPS, "seed=0"]], tmp_path), backward="paper")
+    assert not (tmp_path / "member0").exists()  # refused before a run dir is claimed
 
 
 def _multirun(args, cwd):

@@ -2,6 +2,7 @@
 their training steps are one batched model's (bn_repro/batched/model.py).
 
     summaries = train_group([(config, run_dir), ...], group=0, jobs=[0, 2], threads=1)
+    summaries = train_group(..., backward="autograd")   # the training step through autograd
 
 Each member's Session is built by the normal setup with its own seed, so its initial weights, batch
 order and augmentation stream are those of the single run; every step draws each member's batch from
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bn_repro.batched.explicit import explicit_losses
 from bn_repro.batched.model import (
     BatchedMLP,
     StackedSGD,
@@ -41,7 +43,9 @@ from bn_repro.engine.run_dir import Claim, claim_run_dir
 from bn_repro.models.mlp import MLP
 from bn_repro.norms import batch_norm_layers
 
-__all__ = ["train_group"]
+__all__ = ["BACKWARDS", "train_group"]
+
+BACKWARDS = ("explicit", "autograd")
 
 
 def train_group(
@@ -51,6 +55,7 @@ def train_group(
     threads: int | None = None,
     lock: bool = True,
     names: Sequence[str] | None = None,
+    backward: str = "explicit",
 ) -> list[dict[str, Any]]:
     """Train `members` ((config, run dir) pairs whose configs differ only in seed and optim.lr) as one
     batched model; write each member's run files; return their summaries, in order.
@@ -58,7 +63,11 @@ def train_group(
     `threads`: torch's intra-op threads for the group (None: the members' trainer.threads). `lock`:
     claim each run dir's lock here (False: the caller holds them, as the batched launcher does). `names`:
     each member's wandb run name (default: from its config); with logger=wandb each member is its own
-    wandb run, all open at once in this process."""
+    wandb run, all open at once in this process. `backward`: "explicit", the training step's backward
+    written out where it covers the model (bn_repro/batched/explicit.py), else autograd; "autograd"
+    always (trainer.compile=true compiles the autograd step either way)."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward={backward!r} is not valid; valid choices: {', '.join(BACKWARDS)}")
     configs = resolve_configs([config for config, _ in members])
     memory.keep_freed_memory()  # a step's buffers reused from the heap, not page-faulted in again
     claims: list[Claim] = []
@@ -90,7 +99,7 @@ def train_group(
             order = sorted(sessions)
             member_statuses: dict[int, str] = {}
             try:
-                _fit([sessions[k] for k in order], member_statuses)
+                _fit([sessions[k] for k in order], member_statuses, backward)
             finally:
                 statuses = {order[i]: status for i, status in member_statuses.items()}
     finally:
@@ -102,7 +111,7 @@ def train_group(
     return [results[k] for k in range(len(members))]
 
 
-def _fit(sessions: list[Session], statuses: dict[int, str]) -> None:
+def _fit(sessions: list[Session], statuses: dict[int, str], backward: str = "explicit") -> None:
     """Session.fit for every member, the training steps batched."""
     if not sessions:
         return
@@ -115,7 +124,7 @@ def _fit(sessions: list[Session], statuses: dict[int, str]) -> None:
     pending = [s for s in sessions if not s.state.diverged and s.state.step < max_steps]
     # Members resumed from checkpoints of different steps train as one group per step.
     for start in sorted({s.state.step for s in pending}):
-        _train_together([s for s in pending if s.state.step == start], start)
+        _train_together([s for s in pending if s.state.step == start], start, backward)
     for k, session in enumerate(sessions):
         statuses[k] = _finish(session)
 
@@ -162,7 +171,7 @@ class _Window:
 class _Batched:
     """The batched model, optimizer and window of `members`, built from their current state."""
 
-    def __init__(self, members: Sequence[Session]):
+    def __init__(self, members: Sequence[Session], backward: str = "explicit"):
         self.members = list(members)
         self.model = BatchedMLP([m.run.model for m in members], [m.config["norm"] for m in members])
         self.model.train()
@@ -172,8 +181,11 @@ class _Batched:
         self.window = _Window(self.members)
         # trainer.compile=true (the same for every member: it is no batched key): the training forward and
         # loss compiled, as a single run compiles its net; evaluations stay eager, as a single run's do.
-        compiled = members[0].config["trainer"]["compile"]
-        self.losses_fn = compiled_losses(self.model) if compiled else None
+        # Otherwise the explicit step where it covers the model, else autograd (losses_fn None).
+        if members[0].config["trainer"]["compile"]:
+            self.losses_fn = compiled_losses(self.model)
+        else:
+            self.losses_fn = explicit_losses(self.model) if backward == "explicit" else None
 
     def scatter(self) -> None:
         """Everything the members' own code reads: parameters, buffers, momentum, training window."""
@@ -227,13 +239,13 @@ def _advance_constant_schedule(scheduler: Any, steps: int) -> None:
     scheduler._step_count += steps
 
 
-def _train_together(members: list[Session], start: int) -> None:
+def _train_together(members: list[Session], start: int, backward: str = "explicit") -> None:
     """Steps start+1 .. max_steps of `members` (all at step `start`) as one batched model."""
     trainer, name = members[0].config["trainer"], members[0].config["experiment_name"]
     max_steps = trainer["max_steps"]
     checkpoints_on = bool(trainer["checkpoint_every"] or trainer.get("checkpoint_every_s"))
     members = sorted(members, key=_norm_key)  # one norm segment per config (bn_repro/batched/model.py)
-    batched = _Batched(members)
+    batched = _Batched(members, backward)
     inputs = _shared_inputs(members)
     # One batched evaluation for all members when they read one test set (setup.shared_data).
     shared_test = all(m.run.data is members[0].run.data for m in members)
@@ -324,6 +336,6 @@ def _train_together(members: list[Session], start: int) -> None:
                 stepped = [m.run.scheduler for m in members if m.run.scheduler in stepped]
                 if not members:
                     break
-            batched = _Batched(members)
+            batched = _Batched(members, backward)
     finally:
         progress.close()

@@ -340,9 +340,11 @@ def batched_train_step(
     model: BatchedMLP, optimizer: StackedSGD, x: Tensor, y: Tensor, lrs: Sequence[float], losses_fn=None
 ) -> tuple[Tensor, Tensor]:
     """One step of every member; returns the detached per-member losses (K,) and logits (K, classes, B).
-    `losses_fn`: member_losses of the model, or its compiled_losses."""
-    losses, logits = losses_fn(x, y) if losses_fn is not None else member_losses(model, x, y)
+    `losses_fn`: member_losses of the model, its compiled_losses, or its explicit_losses (which fills the
+    gradients without autograd: bn_repro/batched/explicit.py)."""
     optimizer.zero_grad()
-    losses.sum().backward()
+    losses, logits = losses_fn(x, y) if losses_fn is not None else member_losses(model, x, y)
+    if losses.requires_grad:  # explicit_losses has filled the gradients itself
+        losses.sum().backward()
     optimizer.step(lrs)
     return losses.detach(), logits.detach()

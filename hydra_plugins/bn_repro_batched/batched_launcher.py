@@ -84,7 +84,14 @@ class _Job:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_members: int = 20, groups: Any = "auto") -> None:
+    def __init__(self, max_members: int = 20, groups: Any = "auto", backward: str = "explicit") -> None:
+        from bn_repro.batched.group import BACKWARDS
+
+        if backward not in BACKWARDS:
+            raise ValueError(
+                f"hydra.launcher.backward={backward!r} is not valid; valid choices: {', '.join(BACKWARDS)}"
+            )
+        self.backward = backward
         self.max_members = int(max_members)
         if groups != "auto" and (isinstance(groups, bool) or not str(groups).isdigit() or int(groups) < 1):
             raise ValueError(f"hydra.launcher.groups={groups!r} is not valid; expected auto or a count >= 1")
@@ -249,6 +256,7 @@ class BatchedLauncher(Launcher):
                 (
                     [(jobs[i].resolved, jobs[i].run_dir) for i in group], g, [jobs[i].num for i in group],
                     [run_name(jobs[i].resolved, jobs[i].overrides) for i in group],  # their wandb runs' names
+                    self.backward,
                 )
                 for g, group in enumerate(groups)
             ]  # fmt: skip
@@ -291,13 +299,15 @@ def _threads(config: dict[str, Any], workers: int) -> int:
     return 1 if threads == "auto" else int(threads)
 
 
-def _outcome(members, group: int, jobs: list[int], names: list[str], threads: int):
+def _outcome(members, group: int, jobs: list[int], names: list[str], backward: str, threads: int):
     """(summaries, None) or (None, the exception) for one group."""
     from bn_repro.batched import train_group
 
     try:
         # This launcher's process holds the members' locks (_run_groups).
-        summaries = train_group(members, group=group, jobs=jobs, threads=threads, lock=False, names=names)
+        summaries = train_group(
+            members, group=group, jobs=jobs, threads=threads, lock=False, names=names, backward=backward
+        )
         return summaries, None
     except Exception as error:
         log.error(f"batched group {group} (jobs {jobs}) failed: {type(error).__name__}: {error}")

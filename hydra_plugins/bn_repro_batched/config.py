@@ -17,6 +17,9 @@ class BatchedLauncherConf:
     # Group processes run at once: auto (one per core) or a count; 1 runs the groups one after another in
     # this process. With trainer.threads=auto each process takes one intra-op thread.
     groups: Any = "auto"
+    # The groups' training step: explicit (its backward written out, bn_repro/batched/explicit.py, where it
+    # covers the model) or autograd.
+    backward: str = "explicit"
 
 
 ConfigStore.instance().store(

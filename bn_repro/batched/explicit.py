@@ -1,0 +1,183 @@
+"""The batched model's training step with its backward written out: no autograd graph.
+
+    step = explicit_losses(model)      # None where the model has a part it does not cover
+    losses, logits = step(x, y)        # as member_losses, and every parameter's .grad filled
+
+A step of K Fig. 1 MLPs is a few batched matmuls and, between them, elementwise passes over (K, C, B)
+activations. Under autograd each op is a node (saved tensors, a backward function, an accumulated
+gradient) and torch's BN kernel runs the (1, K*C, B) layout along its channels; here each layer is its
+matmul written into its slice of one output buffer (no torch.cat of the segments), BN as two passes
+forward (the centred input, then the affine normalisation) and two backward, the nonlinearity in place,
+and the gradients assigned to .grad. The formulas are torch's: BN's backward as
+native_batch_norm_backward's (dx = (dy - mean(dy) - xc * sum(dy * xc) / (N var')) * gamma / std, with
+var' = var + eps), the loss's through log_softmax's own backward, the sigmoid's and ReLU's through
+theirs; each member's gradient is its single run's within float32 rounding (tests/test_batched.py).
+
+Covers what BatchedMLP holds: hidden layers of sigmoid, ReLU or identity, each segment with a bias (no
+norm) or a BatchNorm (built-in or bn_repro's custom one, either backward, in training mode, with or
+without affine parameters and running statistics); anything else keeps the autograd step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bn_repro.norms.batchnorm import BatchNorm
+
+__all__ = ["explicit_losses", "unsupported_reason"]
+
+_ACTIVATIONS = (nn.Sigmoid, nn.ReLU, nn.Identity)
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why `model` (a BatchedMLP) keeps the autograd step; None where the explicit one covers it."""
+    for layer in model.hidden:
+        if not isinstance(layer.act, _ACTIVATIONS):
+            return f"activation {type(layer.act).__name__}"
+        for segment in layer.segments:
+            norm = segment.norm
+            if norm is not None and not isinstance(norm, nn.BatchNorm1d | BatchNorm):
+                return f"norm {type(norm).__name__}"
+            if norm is not None and getattr(norm, "process_group", None) is not None:
+                return "synchronized BN"
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return "parameters not float32"
+    return None
+
+
+def explicit_losses(model: nn.Module) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """The step function of `model`, or None where unsupported_reason names what it does not cover."""
+    if unsupported_reason(model) is not None:
+        return None
+    return lambda x, y: _step(model, x, y)
+
+
+def _activate_(z: Tensor, act: nn.Module) -> None:
+    if isinstance(act, nn.Sigmoid):
+        z.sigmoid_()
+    elif isinstance(act, nn.ReLU):
+        z.relu_()
+
+
+def _activation_backward(dz: Tensor, z: Tensor, act: nn.Module) -> Tensor:
+    """The gradient before the nonlinearity from the one after it and its output, as autograd's."""
+    if isinstance(act, nn.Sigmoid):
+        return torch.ops.aten.sigmoid_backward(dz, z)
+    if isinstance(act, nn.ReLU):
+        return torch.ops.aten.threshold_backward(dz, z, 0)
+    return dz
+
+
+def _running_update(norm: nn.Module, mean: Tensor, var: Tensor, n: int) -> None:
+    """torch's running statistics: num_batches_tracked + 1, then an exponential (momentum) or cumulative
+    (momentum=None) average of the batch mean and the unbiased batch variance."""
+    if not norm.track_running_stats:
+        return
+    norm.num_batches_tracked.add_(1)
+    factor = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+    with torch.no_grad():
+        norm.running_mean.mul_(1 - factor).add_(mean.flatten(), alpha=factor)
+        norm.running_var.mul_(1 - factor).add_(var.flatten(), alpha=factor * n / (n - 1))
+
+
+def _norm_forward(segment, u: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """BN of one segment's (K', C, B) pre-activations u, written into z; u becomes u - mean in place.
+    Returns what the backward needs: 1 / sqrt(var + eps) and gamma times it, both (K', C, 1)."""
+    norm = segment.norm
+    k, c, n = u.shape
+    # Two passes, the mean and then the centred sum of squares (torch.var_mean over the batch dim of
+    # this layout takes 40x longer than a sum).
+    mean = u.sum(2, keepdim=True).div_(n)
+    u.sub_(mean)
+    var = torch.linalg.vecdot(u, u, dim=2).unsqueeze(2).div_(n)
+    inv_std = (var + norm.eps).rsqrt_()
+    scale = inv_std if norm.weight is None else inv_std * norm.weight.detach().view(k, c, 1)
+    if norm.bias is None:
+        torch.mul(u, scale, out=z)
+    else:
+        torch.addcmul(norm.bias.detach().view(k, c, 1), u, scale, out=z)
+    _running_update(norm, mean, var, n)
+    return inv_std, scale
+
+
+def _norm_backward(segment, dy: Tensor, centred: Tensor, inv_std: Tensor, scale: Tensor) -> None:
+    """native_batch_norm_backward in training mode, in place on dy (K', C, B); sets gamma's and beta's
+    gradients."""
+    norm = segment.norm
+    n = dy.shape[2]
+    dbeta = dy.sum(2, keepdim=True)
+    dot = torch.linalg.vecdot(dy, centred, dim=2).unsqueeze(2)  # sum over the batch of dy * (u - mean)
+    if norm.weight is not None:
+        norm.weight.grad = (dot * inv_std).flatten()
+    if norm.bias is not None:
+        norm.bias.grad = dbeta.flatten()
+    # dx = scale * (dy - dbeta / n - centred * dot * inv_std^2 / n)
+    torch.addcmul(dbeta * (-scale / n), dy, scale, out=dy)
+    dy.addcmul_(centred, dot * inv_std.square() * (-scale / n))
+
+
+def _hidden_forward(layer, h: Tensor) -> tuple[Tensor, list]:
+    k, out, _ = layer.weight.shape
+    z = h.new_empty(k, out, h.shape[-1])
+    saved = []
+    for segment in layer.segments:
+        rows = slice(segment.start, segment.stop)
+        weight, inputs, zs = layer.weight[rows].detach(), h[rows], z[rows]
+        if segment.norm is None:
+            if segment.bias is None:
+                torch.bmm(weight, inputs, out=zs)
+            else:
+                torch.baddbmm(segment.bias.detach().unsqueeze(2), weight, inputs, out=zs)
+            saved.append(None)
+            continue
+        u = torch.bmm(weight, inputs)
+        if segment.bias is not None:
+            u.add_(segment.bias.detach().unsqueeze(2))
+        saved.append((u, *_norm_forward(segment, u, zs)))
+    _activate_(z, layer.act)
+    return z, saved
+
+
+def _hidden_backward(layer, dz: Tensor, z: Tensor, h: Tensor, saved: list, first: bool) -> Tensor | None:
+    dy = _activation_backward(dz, z, layer.act)
+    if dy is dz:
+        dy = dz.clone()
+    for segment, kept in zip(layer.segments, saved, strict=True):
+        rows = dy[segment.start : segment.stop]
+        if segment.norm is not None:
+            _norm_backward(segment, rows, *kept)
+        if segment.bias is not None:
+            # With a norm after it the bias gets the gradient at the norm's input, as autograd gives it.
+            segment.bias.grad = rows.sum(2)
+    layer.weight.grad = torch.bmm(dy, h.transpose(1, 2))
+    return None if first else torch.bmm(layer.weight.detach().transpose(1, 2), dy)
+
+
+@torch.no_grad()
+def _step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    h = x.flatten(2).transpose(1, 2)  # (K, in, B), a view, as BatchedMLP.forward
+    inputs, outputs, saved = [], [], []
+    for layer in model.hidden:
+        z, kept = _hidden_forward(layer, h)
+        inputs.append(h)
+        outputs.append(z)
+        saved.append(kept)
+        h = z
+    out = model.out
+    logits = torch.baddbmm(out.bias.detach().unsqueeze(2), out.weight.detach(), h)  # (K, classes, B)
+    log_probs = torch.log_softmax(logits, 1)
+    losses = F.nll_loss(log_probs, y, reduction="none").mean(1)
+    # d(sum of the members' mean losses) / d logits, through nll_loss's and log_softmax's own backward
+    n = y.shape[1]
+    grad = torch.zeros_like(log_probs).scatter_(1, y.unsqueeze(1), -1.0 / n)
+    dlogits = torch._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype)
+    out.weight.grad = torch.bmm(dlogits, h.transpose(1, 2))
+    out.bias.grad = dlogits.sum(2)
+    dz = torch.bmm(out.weight.detach().transpose(1, 2), dlogits)
+    for i in reversed(range(len(model.hidden))):
+        dz = _hidden_backward(model.hidden[i], dz, outputs[i], inputs[i], saved[i], first=i == 0)
+    return losses, logits

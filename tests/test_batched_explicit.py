@@ -1,0 +1,104 @@
+"""The batched training step with its backward written out (bn_repro/batched/explicit.py) against the
+same step through autograd: the same losses, gradients and running statistics, to float32 rounding."""
+
+import copy
+
+import pytest
+import torch
+
+from bn_repro.batched.explicit import explicit_losses, unsupported_reason
+from bn_repro.batched.model import BatchedMLP, StackedSGD, batched_train_step, member_losses
+from bn_repro.models.mlp import MLP
+from bn_repro.norms import factory
+
+BN = {"kind": "builtin", "eps": 1e-5, "momentum": 0.1}
+CUSTOM = {"kind": "custom", "eps": 1e-5, "momentum": 0.1, "backward": "autograd", "impl": "fast"}
+NORM_MIXES = {
+    "none": [{"kind": "none"}] * 3,
+    "builtin": [BN] * 3,
+    "mixed": [{"kind": "none"}] * 2 + [BN] * 2 + [{**CUSTOM, "backward": "explicit"}] * 2,
+    "custom variants": [
+        {**CUSTOM, "momentum": None},  # cumulative running averages
+        {**CUSTOM, "impl": "reference", "eps": 1e-3},
+        {**CUSTOM, "backward": "explicit", "momentum": 0.5},
+    ],
+}
+SGD = {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+
+
+def _group(norm_cfgs, activation="sigmoid", hidden=(20, 16), seed=0):
+    torch.manual_seed(seed)
+    members = [
+        MLP((1, 6, 6), 5, factory(cfg), hidden=hidden, activation=activation, init_std=0.3)
+        for cfg in norm_cfgs
+    ]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in members]
+    model = BatchedMLP(members, norm_cfgs)
+    model.train()
+    return model, StackedSGD(model, SGD, optimizers)
+
+
+def _close(actual, expected, what, floor=0.0):
+    """Equal to float32 rounding of another order of operations, relative to the tensor's size, or to
+    `floor` where the tensor is a sum that cancels to rounding noise (in an identity-activation net the
+    gradient of a BN's beta before a linear layer and another BN is 0 but for rounding, as is the next BN's
+    batch mean)."""
+    scale = max(expected.abs().max().item(), floor) or 1.0
+    assert (actual.double() - expected.double()).abs().max().item() <= 2e-5 * scale, what
+
+
+def _assert_same_state(explicit, autograd):
+    for (name, a), b in zip(autograd.state_dict().items(), explicit.state_dict().values(), strict=True):
+        if a.dtype == torch.long:
+            assert torch.equal(a, b), name
+        else:
+            _close(b, a, name, floor=1e-2)  # weights, BN's gamma and running statistics are O(0.1-1)
+
+
+@pytest.mark.parametrize("mix", NORM_MIXES)
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "identity"])
+def test_explicit_gradients_are_autograds(mix, activation):
+    norm_cfgs = NORM_MIXES[mix]
+    model, optimizer = _group(norm_cfgs, activation)
+    twin = copy.deepcopy(model)
+    step = explicit_losses(twin)
+    assert step is not None and unsupported_reason(twin) is None
+    x, y = torch.randn(len(norm_cfgs), 8, 1, 6, 6), torch.randint(0, 5, (len(norm_cfgs), 8))
+    losses, logits = member_losses(model, x, y)
+    optimizer.zero_grad()
+    losses.sum().backward()
+    explicit_out, explicit_logits = step(x, y)
+    assert not explicit_out.requires_grad
+    _close(explicit_out, losses.detach(), "losses")
+    _close(explicit_logits, logits.detach(), "logits")
+    params = dict(model.named_parameters())
+    largest = max(p.grad.abs().max().item() for p in params.values())
+    for name, p in twin.named_parameters():
+        assert p.grad is not None, name
+        _close(p.grad, params[name].grad, name, floor=1e-2 * largest)
+    _assert_same_state(twin, model)  # running statistics and batch counts
+
+
+@pytest.mark.parametrize("mix", ["mixed", "custom variants"])
+def test_explicit_steps_train_as_autograds_do(mix):
+    """30 SGD steps: the members' losses, weights and running statistics stay autograd's."""
+    norm_cfgs = NORM_MIXES[mix]
+    model, optimizer = _group(norm_cfgs, seed=1)
+    twin, twin_optimizer = _group(norm_cfgs, seed=1)  # the same members, optimizers of their own
+    step = explicit_losses(twin)
+    lrs = [0.1 * (k + 1) for k in range(len(norm_cfgs))]
+    for _ in range(30):
+        x, y = torch.randn(len(norm_cfgs), 8, 1, 6, 6), torch.randint(0, 5, (len(norm_cfgs), 8))
+        expected, _ = batched_train_step(model, optimizer, x, y, lrs)
+        losses, _ = batched_train_step(twin, twin_optimizer, x, y, lrs, step)
+        _close(losses, expected, "losses")
+    _assert_same_state(twin, model)
+
+
+def test_a_model_the_explicit_step_does_not_cover_keeps_autograd():
+    cfgs = [{"kind": "groupnorm", "groups": 2}] * 2
+    torch.manual_seed(0)
+    members = [MLP((1, 6, 6), 5, factory(cfg), hidden=(8,)) for cfg in cfgs]
+    model = BatchedMLP(members, cfgs)
+    assert unsupported_reason(model) == "norm GroupNorm"
+    assert explicit_losses(model) is None
