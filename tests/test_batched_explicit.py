@@ -26,16 +26,17 @@ NORM_MIXES = {
 SGD = {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
 
 
-def _group(norm_cfgs, activation="sigmoid", hidden=(20, 16), seed=0):
+def _group(norm_cfgs, activation="sigmoid", hidden=(20, 16), seed=0, sgd=SGD):
     torch.manual_seed(seed)
     members = [
         MLP((1, 6, 6), 5, factory(cfg), hidden=hidden, activation=activation, init_std=0.3)
         for cfg in norm_cfgs
     ]
-    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in members]
+    options = {k: sgd[k] for k in ("momentum", "nesterov", "weight_decay")}
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, **options) for m in members]
     model = BatchedMLP(members, norm_cfgs)
     model.train()
-    return model, StackedSGD(model, SGD, optimizers)
+    return model, StackedSGD(model, sgd, optimizers)
 
 
 def _close(actual, expected, what, floor=0.0):
@@ -79,20 +80,41 @@ def test_explicit_gradients_are_autograds(mix, activation):
     _assert_same_state(twin, model)  # running statistics and batch counts
 
 
+SGDS = {
+    "momentum": SGD,
+    "momentum, weight decay": {**SGD, "weight_decay": 1e-2},
+    "nesterov": {**SGD, "nesterov": True},  # its update needs the gradient: nothing folded
+    "plain": {**SGD, "momentum": 0.0},
+}
+
+
+@pytest.mark.parametrize("sgd", SGDS)
 @pytest.mark.parametrize("mix", ["mixed", "custom variants"])
-def test_explicit_steps_train_as_autograds_do(mix):
-    """30 SGD steps: the members' losses, weights and running statistics stay autograd's."""
+@pytest.mark.parametrize("rates", ["shared", "per member"])
+def test_explicit_steps_train_as_autograds_do(mix, sgd, rates):
+    """30 SGD steps, the weights' gradients folded into the momentum buffers (StackedSGD.fold_gradient)
+    where the optimizer can: the members' losses, weights, running statistics and momentum buffers stay
+    autograd's."""
     norm_cfgs = NORM_MIXES[mix]
-    model, optimizer = _group(norm_cfgs, seed=1)
-    twin, twin_optimizer = _group(norm_cfgs, seed=1)  # the same members, optimizers of their own
-    step = explicit_losses(twin)
-    lrs = [0.1 * (k + 1) for k in range(len(norm_cfgs))]
+    model, optimizer = _group(norm_cfgs, seed=1, sgd=SGDS[sgd])
+    twin, twin_optimizer = _group(norm_cfgs, seed=1, sgd=SGDS[sgd])  # the same members, their own optimizers
+    step = explicit_losses(twin, twin_optimizer)
+    lrs = [0.1 * (k + 1) if rates == "per member" else 0.1 for k in range(len(norm_cfgs))]
     for _ in range(30):
         x, y = torch.randn(len(norm_cfgs), 8, 1, 6, 6), torch.randint(0, 5, (len(norm_cfgs), 8))
         expected, _ = batched_train_step(model, optimizer, x, y, lrs)
         losses, _ = batched_train_step(twin, twin_optimizer, x, y, lrs, step)
         _close(losses, expected, "losses")
     _assert_same_state(twin, model)
+    folded = [p.grad is None for p in twin.parameters() if p.dim() == 3]  # the layers' weights
+    assert all(folded) == (SGDS[sgd]["momentum"] != 0 and not SGDS[sgd]["nesterov"]) and any(folded) == all(
+        folded
+    )
+    for buffer, expected_buffer in zip(twin_optimizer.buffers, optimizer.buffers, strict=True):
+        if expected_buffer is None:
+            assert buffer is None
+        else:
+            _close(buffer, expected_buffer, "momentum buffer", floor=1e-2)
 
 
 def test_a_model_the_explicit_step_does_not_cover_keeps_autograd():

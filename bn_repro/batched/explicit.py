@@ -1,14 +1,15 @@
 """The batched model's training step with its backward written out: no autograd graph.
 
-    step = explicit_losses(model)      # None where the model has a part it does not cover
-    losses, logits = step(x, y)        # as member_losses, and every parameter's .grad filled
+    step = explicit_losses(model, optimizer)   # None where the model has a part it does not cover
+    losses, logits = step(x, y)                # as member_losses, the gradients filled; then optimizer.step
 
 A step of K Fig. 1 MLPs is a few batched matmuls and, between them, elementwise passes over (K, C, B)
 activations. Under autograd each op is a node (saved tensors, a backward function, an accumulated
 gradient) and torch's BN kernel runs the (1, K*C, B) layout along its channels; here each layer is its
-matmul written into its slice of one output buffer (no torch.cat of the segments), BN as two passes
-forward (the centred input, then the affine normalisation) and two backward, the nonlinearity in place,
-and the gradients assigned to .grad. The formulas are torch's: BN's backward as
+matmul written into its slice of one output buffer (no torch.cat of the segments), BN forward as a sum, the
+centring in place, a sum of squares and one multiply-add, its backward as two, the nonlinearity in place,
+and the gradients assigned to .grad, the weights' summed by their matmul straight into their momentum
+buffers (StackedSGD.fold_gradient) where the optimizer allows. The formulas are torch's: BN's backward as
 native_batch_norm_backward's (dx = (dy - mean(dy) - xc * sum(dy * xc) / (N var')) * gamma / std, with
 var' = var + eps), the loss's through log_softmax's own backward, the sigmoid's and ReLU's through
 theirs; each member's gradient is its single run's within float32 rounding (tests/test_batched.py).
@@ -49,11 +50,15 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def explicit_losses(model: nn.Module) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
-    """The step function of `model`, or None where unsupported_reason names what it does not cover."""
+def explicit_losses(
+    model: nn.Module, optimizer=None
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """The step function of `model`, or None where unsupported_reason names what it does not cover.
+    `optimizer`: the model's StackedSGD, which takes the weights' gradients into its momentum buffers
+    (StackedSGD.fold_gradient) where it can; its step() must follow each call."""
     if unsupported_reason(model) is not None:
         return None
-    return lambda x, y: _step(model, x, y)
+    return lambda x, y: _step(model, x, y, optimizer)
 
 
 def _activate_(z: Tensor, act: nn.Module) -> None:
@@ -142,7 +147,15 @@ def _hidden_forward(layer, h: Tensor) -> tuple[Tensor, list]:
     return z, saved
 
 
-def _hidden_backward(layer, dz: Tensor, z: Tensor, h: Tensor, saved: list, first: bool) -> Tensor | None:
+def _weight_gradient(weight: Tensor, a: Tensor, b: Tensor, optimizer) -> None:
+    """weight's gradient a @ b: folded into its momentum buffer where the optimizer can, else .grad."""
+    if optimizer is None or not optimizer.fold_gradient(weight, a, b):
+        weight.grad = torch.bmm(a, b)
+
+
+def _hidden_backward(
+    layer, dz: Tensor, z: Tensor, h: Tensor, saved: list, first: bool, optimizer
+) -> Tensor | None:
     dy = _activation_backward(dz, z, layer.act)
     if dy is dz:
         dy = dz.clone()
@@ -153,12 +166,14 @@ def _hidden_backward(layer, dz: Tensor, z: Tensor, h: Tensor, saved: list, first
         if segment.bias is not None:
             # With a norm after it the bias gets the gradient at the norm's input, as autograd gives it.
             segment.bias.grad = rows.sum(2)
-    layer.weight.grad = torch.bmm(dy, h.transpose(1, 2))
+    _weight_gradient(layer.weight, dy, h.transpose(1, 2), optimizer)
     return None if first else torch.bmm(layer.weight.detach().transpose(1, 2), dy)
 
 
 @torch.no_grad()
-def _step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def _step(model: nn.Module, x: Tensor, y: Tensor, optimizer=None) -> tuple[Tensor, Tensor]:
+    if not model.training:  # BN would normalise with its running statistics
+        raise RuntimeError("the explicit step is a training step; the batched model is in eval mode")
     h = x.flatten(2).transpose(1, 2)  # (K, in, B), a view, as BatchedMLP.forward
     inputs, outputs, saved = [], [], []
     for layer in model.hidden:
@@ -175,9 +190,9 @@ def _step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     n = y.shape[1]
     grad = torch.zeros_like(log_probs).scatter_(1, y.unsqueeze(1), -1.0 / n)
     dlogits = torch._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype)
-    out.weight.grad = torch.bmm(dlogits, h.transpose(1, 2))
+    _weight_gradient(out.weight, dlogits, h.transpose(1, 2), optimizer)
     out.bias.grad = dlogits.sum(2)
     dz = torch.bmm(out.weight.detach().transpose(1, 2), dlogits)
     for i in reversed(range(len(model.hidden))):
-        dz = _hidden_backward(model.hidden[i], dz, outputs[i], inputs[i], saved[i], first=i == 0)
+        dz = _hidden_backward(model.hidden[i], dz, outputs[i], inputs[i], saved[i], i == 0, optimizer)
     return losses, logits

@@ -185,7 +185,7 @@ class _Batched:
         if members[0].config["trainer"]["compile"]:
             self.losses_fn = compiled_losses(self.model)
         else:
-            self.losses_fn = explicit_losses(self.model) if backward == "explicit" else None
+            self.losses_fn = explicit_losses(self.model, self.optimizer) if backward == "explicit" else None
 
     def scatter(self) -> None:
         """Everything the members' own code reads: parameters, buffers, momentum, training window."""

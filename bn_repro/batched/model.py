@@ -222,6 +222,8 @@ class StackedSGD:
             if held != mine:
                 raise ValueError(f"member {k}'s optimizer does not hold exactly its model's parameters")
         self.buffers: list[Tensor | None] = [None] * len(self.params)
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+        self._folded: set[int] = set()  # the parameters whose gradient is in their buffer this step
         self.gather()
 
     def zero_grad(self) -> None:
@@ -229,37 +231,78 @@ class StackedSGD:
             p.grad = None
 
     @torch.no_grad()
+    def fold_gradient(self, param: Tensor, a: Tensor, b: Tensor) -> bool:
+        """Momentum SGD's buffer update for `param` with its gradient a @ b (a batched matmul) inside it:
+        one baddbmm, buf = momentum * buf + a @ b (weight decay then added), in place of a gradient written
+        out and read back by the update (for the first layer of 10 Fig. 1 members, 3 MB each way a step);
+        step() then applies the buffer. False, and nothing done, without momentum or with nesterov (whose
+        update needs the gradient itself): the caller sets param.grad. The matmul sums the gradient into
+        the buffer, which rounds as torch's update up to a last bit a step."""
+        i = self._index.get(id(param))
+        if i is None or self.momentum == 0 or self.nesterov:
+            return False
+        if self.buffers[i] is None:  # the first step: the buffer starts as the gradient
+            self.buffers[i] = torch.bmm(a, b)
+        else:
+            self.buffers[i].baddbmm_(a, b, beta=self.momentum)
+        if self.weight_decay != 0:
+            self.buffers[i].add_(param, alpha=self.weight_decay)
+        self._folded.add(i)
+        return True
+
+    @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
         """torch.optim.SGD's update. One learning rate for all members: torch's fused SGD kernel, one pass
         over each tensor (its CPU path runs momentum, weight decay and the update as three; the fused one
         rounds buf * momentum + grad once, a last-bit difference per step). Per-member rates: the same
-        formula with foreach ops, the rate applied row by row."""
-        grads = [p.grad for p in self.params]
+        formula with foreach ops, the rate applied row by row. A parameter whose gradient was folded into
+        its buffer this step (fold_gradient) takes only the update, param -= lr * buf."""
+        folded, self._folded = self._folded, set()
+        rest = [i for i in range(len(self.params)) if i not in folded]
+        self._sgd(rest, lrs)
+        if folded:
+            order = sorted(folded)
+            self._apply(order, [self.buffers[i] for i in order], lrs)
+
+    def _sgd(self, indices: list[int], lrs: Sequence[float]) -> None:
+        """SGD of the parameters `indices` from their .grad."""
+        if not indices:
+            return
+        params, buffers = [self.params[i] for i in indices], [self.buffers[i] for i in indices]
+        grads = [p.grad for p in params]
         if all(lr == lrs[0] for lr in lrs):
-            # Fills self.buffers on the first step (None: every buffer starts as its gradient).
+            # Fills `buffers` on the first step (None: every buffer starts as its gradient).
             sgd(
-                self.params, grads, self.buffers, fused=True, lr=lrs[0], momentum=self.momentum,
+                params, grads, buffers, fused=True, lr=lrs[0], momentum=self.momentum,
                 weight_decay=self.weight_decay, dampening=0.0, nesterov=self.nesterov, maximize=False,
             )  # fmt: skip
+        else:
+            if self.weight_decay != 0:
+                grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+            if self.momentum != 0:
+                if buffers[0] is None:  # the first step: every buffer starts as its gradient
+                    buffers = [g.detach().clone() for g in grads]
+                else:
+                    torch._foreach_mul_(buffers, self.momentum)
+                    torch._foreach_add_(buffers, grads)
+                grads = torch._foreach_add(grads, buffers, alpha=self.momentum) if self.nesterov else buffers
+            self._apply(indices, grads, lrs)
+        for i, buffer in zip(indices, buffers, strict=True):
+            self.buffers[i] = buffer
+
+    def _apply(self, indices: list[int], updates: list[Tensor], lrs: Sequence[float]) -> None:
+        """param -= lr * update for the parameters `indices`, the rate per member."""
+        params = [self.params[i] for i in indices]
+        if all(lr == lrs[0] for lr in lrs):
+            torch._foreach_add_(params, updates, alpha=-lrs[0])
             return
-        if self.weight_decay != 0:
-            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
-        if self.momentum != 0:
-            if self.buffers[0] is None:  # the first step: every buffer starts as its gradient
-                self.buffers = [g.detach().clone() for g in grads]
-            else:
-                torch._foreach_mul_(self.buffers, self.momentum)
-                torch._foreach_add_(self.buffers, grads)
-            grads = (
-                torch._foreach_add(grads, self.buffers, alpha=self.momentum)
-                if self.nesterov
-                else self.buffers
-            )
-        scale = torch.tensor(lrs, dtype=self.params[0].dtype, device=self.params[0].device)
-        for slot, param, grad in zip(self.slots, self.params, grads, strict=True):
-            count = len(slot.members)
+        scale = torch.tensor(lrs, dtype=params[0].dtype, device=params[0].device)
+        for i, param, update in zip(indices, params, updates, strict=True):
+            slot, count = self.slots[i], len(self.slots[i].members)
             rows = param.view(count, -1)
-            rows.addcmul_(grad.view(count, -1), scale[slot.start : slot.start + count].unsqueeze(1), value=-1)
+            rows.addcmul_(
+                update.view(count, -1), scale[slot.start : slot.start + count].unsqueeze(1), value=-1
+            )
 
     def _member_buffers(self, slot: _Slot) -> list[Tensor | None]:
         optimizers = self.optimizers[slot.start : slot.start + len(slot.members)]
