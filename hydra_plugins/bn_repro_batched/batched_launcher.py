@@ -4,6 +4,7 @@ members of one batched model per group, inside one process per group (bn_repro/b
     python -m bn_repro.train -m experiment=fig1_fashion_mnist norm=none,builtin seed='range(10)' \\
         hydra/launcher=batched                        # 2 groups of 10 members, one process per core
     ... hydra/launcher=batched hydra.launcher.groups=1 hydra.launcher.max_members=5
+    ... hydra/launcher=batched hydra.launcher.backward=autograd   # the groups' step through autograd
 
 Each member is its job: the same job dir, .hydra/ files, job log and run files as under the basic
 launcher, and the same return value for sweepers. Jobs that cannot be batched (bn_repro.batched.
