@@ -172,6 +172,8 @@ def _hidden_backward(
 
 @torch.no_grad()
 def _step(model: nn.Module, x: Tensor, y: Tensor, optimizer=None) -> tuple[Tensor, Tensor]:
+    """Forward (keeping each layer's input, output and BN's centred input and scales), the loss, and the
+    backward from the logits down; returns the members' losses (K,) and logits (K, classes, B)."""
     if not model.training:  # BN would normalise with its running statistics
         raise RuntimeError("the explicit step is a training step; the batched model is in eval mode")
     h = x.flatten(2).transpose(1, 2)  # (K, in, B), a view, as BatchedMLP.forward
