@@ -271,6 +271,17 @@ def test_a_bad_backward_is_named_with_the_valid_choices(tmp_path):
     assert not (tmp_path / "member0").exists()  # refused before a run dir is claimed
 
 
+def test_the_launchers_backward_reaches_its_groups(monkeypatch):
+    import bn_repro.batched
+    from hydra_plugins.bn_repro_batched import batched_launcher
+
+    seen = {}
+    monkeypatch.setattr(bn_repro.batched, "train_group", lambda members, **kw: seen.update(kw) or ["done"])
+    assert batched_launcher.BatchedLauncher(backward="autograd").backward == "autograd"
+    assert batched_launcher._outcome([], 0, [0], ["name"], "autograd", threads=1) == (["done"], None)
+    assert seen["backward"] == "autograd" and seen["threads"] == 1 and seen["lock"] is False
+
+
 def _multirun(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "bn_repro.train", "-m", *args], cwd=cwd, env=env,
