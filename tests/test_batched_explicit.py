@@ -124,3 +124,6 @@ def test_a_model_the_explicit_step_does_not_cover_keeps_autograd():
     model = BatchedMLP(members, cfgs)
     assert unsupported_reason(model) == "norm GroupNorm"
     assert explicit_losses(model) is None
+    bn, _ = _group([BN] * 2)
+    bn.hidden[0].segments[0].norm.track_running_stats = False  # no norm config builds this; a caller could
+    assert unsupported_reason(bn) == "BN without gamma, beta or running statistics"

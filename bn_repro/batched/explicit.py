@@ -15,8 +15,8 @@ var' = var + eps), the loss's through log_softmax's own backward, the sigmoid's 
 theirs; each member's gradient is its single run's within float32 rounding (tests/test_batched.py).
 
 Covers what BatchedMLP holds: hidden layers of sigmoid, ReLU or identity, each segment with a bias (no
-norm) or a BatchNorm (built-in or bn_repro's custom one, either backward, in training mode, with or
-without affine parameters and running statistics); anything else keeps the autograd step.
+norm) or a BatchNorm (built-in or bn_repro's custom one, either backward, in training mode, with gamma,
+beta and running statistics, as the norm configs build them); anything else keeps the autograd step.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ def unsupported_reason(model: nn.Module) -> str | None:
                 return f"norm {type(norm).__name__}"
             if norm is not None and getattr(norm, "process_group", None) is not None:
                 return "synchronized BN"
+            if norm is not None and (
+                norm.weight is None or norm.bias is None or not norm.track_running_stats
+            ):
+                return "BN without gamma, beta or running statistics"
     if any(p.dtype != torch.float32 for p in model.parameters()):
         return "parameters not float32"
     return None
@@ -80,8 +84,6 @@ def _activation_backward(dz: Tensor, z: Tensor, act: nn.Module) -> Tensor:
 def _running_update(norm: nn.Module, mean: Tensor, var: Tensor, n: int) -> None:
     """torch's running statistics: num_batches_tracked + 1, then an exponential (momentum) or cumulative
     (momentum=None) average of the batch mean and the unbiased batch variance."""
-    if not norm.track_running_stats:
-        return
     norm.num_batches_tracked.add_(1)
     factor = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
     with torch.no_grad():
@@ -100,11 +102,8 @@ def _norm_forward(segment, u: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     u.sub_(mean)
     var = torch.linalg.vecdot(u, u, dim=2).unsqueeze(2).div_(n)
     inv_std = (var + norm.eps).rsqrt_()
-    scale = inv_std if norm.weight is None else inv_std * norm.weight.detach().view(k, c, 1)
-    if norm.bias is None:
-        torch.mul(u, scale, out=z)
-    else:
-        torch.addcmul(norm.bias.detach().view(k, c, 1), u, scale, out=z)
+    scale = inv_std * norm.weight.detach().view(k, c, 1)
+    torch.addcmul(norm.bias.detach().view(k, c, 1), u, scale, out=z)
     _running_update(norm, mean, var, n)
     return inv_std, scale
 
@@ -116,10 +115,8 @@ def _norm_backward(segment, dy: Tensor, centred: Tensor, inv_std: Tensor, scale:
     n = dy.shape[2]
     dbeta = dy.sum(2, keepdim=True)
     dot = torch.linalg.vecdot(dy, centred, dim=2).unsqueeze(2)  # sum over the batch of dy * (u - mean)
-    if norm.weight is not None:
-        norm.weight.grad = (dot * inv_std).flatten()
-    if norm.bias is not None:
-        norm.bias.grad = dbeta.flatten()
+    norm.weight.grad = (dot * inv_std).flatten()
+    norm.bias.grad = dbeta.flatten()
     # dx = scale * (dy - dbeta / n - centred * dot * inv_std^2 / n)
     torch.addcmul(dbeta * (-scale / n), dy, scale, out=dy)
     dy.addcmul_(centred, dot * inv_std.square() * (-scale / n))
