@@ -169,6 +169,26 @@ def _registry_check(check, where: str) -> None:
         raise ConfigError(message if "=" in message.partition(":")[0] else f"{where}: {message}") from error
 
 
+def _no_init_on_meta():
+    """A torch function mode under which torch.nn.init's initialisers and normal_ do nothing to a meta
+    tensor (there are no values to draw): normal_ of a meta tensor runs through torch's Python
+    reference, whose first use imports torch._dynamo (1-1.6 s of every process's start here; a batched
+    sweep's launcher and each of its group processes check their configs)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class NoInitOnMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            tensor = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by name
+            initialiser = func is torch.Tensor.normal_ or getattr(func, "__module__", None) == "torch.nn.init"
+            if initialiser and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+            return func(*args, **kwargs)
+
+    return NoInitOnMeta()
+
+
 def _build_on_meta(cfg: Mapping[str, Any]) -> None:
     """Build the model on the meta device (no memory, no data): model options and norm options that
     depend on the layer widths (e.g. norm.groups) fail here, before any data is loaded, and so does a
@@ -180,7 +200,7 @@ def _build_on_meta(cfg: Mapping[str, Any]) -> None:
     from bn_repro.models import build_model
 
     shape, classes = dataset_shape(cfg["data"]["name"], cfg["data"].get("synthetic"))
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init_on_meta():
         model = build_model(cfg["model"], norms.factory(cfg["norm"]), shape, classes)
     parameters = sum(p.numel() for p in model.parameters())
     # Weights, gradients, the momentum buffer and as much again for activations and copies: a floor.

@@ -1,5 +1,6 @@
 """Batched members (bn_repro/batched/, hydra/launcher=batched): each member is its single run."""
 
+import copy
 import json
 import math
 import os
@@ -346,7 +347,8 @@ def test_members_read_their_batches_from_one_normalised_copy_unless_augmented(tm
     assert inputs is not None
     twins = [copy.deepcopy(m.run.batches) for m in members]
     for _ in range(5):
-        x, y = _next_batches(members, inputs)
+        x, y, streams = _next_batches(members, inputs)
+        assert streams is None
         # Exact: normalising is elementwise, the same kernel on the same pixels either way.
         for k, (member, twin) in enumerate(zip(members, twins, strict=True)):
             idx = next(twin)
@@ -359,6 +361,72 @@ def test_members_read_their_batches_from_one_normalised_copy_unless_augmented(tm
     train_group(_members(overrides, tmp_path / "augmented"), group=0)
     train(compose_config(overrides[1]), tmp_path / "single_augmented")
     _assert_member_is_single_run(tmp_path / "augmented/member1", tmp_path / "single_augmented")
+
+
+def test_members_that_draw_the_same_batches_gather_them_once(tmp_path):
+    """One seed's batches are the same under any norm or rate: _next_batches gathers them once (the first
+    layer reads one input per stream) while every member's sampler moves on; members whose samplers part
+    (a member's indices differ) fall back to a gather per member. Exact, as the per-member path."""
+    import torch
+
+    from bn_repro.batched.group import _member_batch, _next_batches, _shared_inputs, _streams
+    from bn_repro.engine import setup
+    from bn_repro.engine.loop import Session
+
+    with setup.shared_data():
+        members = [
+            Session(resolve_config(compose_config([*STEPS, *o])), tmp_path / f"m{k}")
+            for k, o in enumerate(
+                [["seed=0"], ["seed=0", "norm=builtin"], ["seed=1"], ["seed=0", "optim.lr=0.1"]]
+            )
+        ]
+    inputs = _shared_inputs(members)
+    streams = _streams(members, inputs)
+    assert streams == [0, 0, 1, 0]
+    twins = [copy.deepcopy(m.run.batches) for m in members]
+
+    def check(x, y, shared):
+        for k, (member, twin) in enumerate(zip(members, twins, strict=True)):
+            idx, data = next(twin), member.run.data
+            xk, yk = _member_batch(x, y, shared, k)
+            assert torch.equal(xk, data.normalize(data.train_x[idx])) and torch.equal(yk, data.train_y[idx])
+
+    for _ in range(3):
+        x, y, shared = _next_batches(members, inputs, streams)
+        assert shared == streams and x.shape[0] == 2  # two distinct batches for four members
+        check(x, y, shared)
+    next(members[3].run.batches)  # member 3's sampler one batch ahead: no longer member 0's stream
+    next(twins[3])
+    x, y, shared = _next_batches(members, inputs, streams)
+    assert shared is None and x.shape[0] == 4
+    check(x, y, shared)
+
+
+@pytest.mark.parametrize("backward", ["explicit", "autograd"])
+def test_members_sharing_batches_are_their_single_runs(backward, tmp_path, monkeypatch):
+    """Seed 0 under no BN, BN and a second rate, beside seed 1: the group gathers two batches a step
+    (spied), and each member is its single run."""
+    from bn_repro.batched import group as group_module
+
+    real, shared_steps = group_module._next_batches, []
+
+    def spy(*args):
+        x, y, shared = real(*args)
+        shared_steps.append(shared is not None and x.shape[0] == 2)
+        return x, y, shared
+
+    monkeypatch.setattr(group_module, "_next_batches", spy)
+    overrides = [
+        [*STEPS, "norm=builtin", "seed=0"],
+        [*STEPS, "norm=none", "seed=1"],
+        [*STEPS, "norm=none", "seed=0"],
+        [*STEPS, "norm=builtin", "seed=0", "optim.lr=0.1"],
+    ]
+    train_group(_members(overrides, tmp_path), backward=backward)
+    assert len(shared_steps) == 40 and all(shared_steps)
+    for k, o in enumerate(overrides):
+        train(compose_config(o), tmp_path / f"single{k}")
+        _assert_member_is_single_run(tmp_path / f"member{k}", tmp_path / f"single{k}")
 
 
 def test_a_groups_configs_build_one_model_per_distinct_architecture(monkeypatch):
@@ -398,3 +466,36 @@ def test_the_launcher_composes_each_jobs_config_once():
     again = composed(master, ["seed=1"])
     assert calls == [["seed=1"]] and again.seed == 1 and again.overrides == ["seed=1"]
     assert composed(master, ["seed=2"]).overrides == ["seed=2"] and len(calls) == 2
+
+
+def test_the_normalised_training_set_is_advised_onto_huge_pages(monkeypatch):
+    """memory.empty_on_huge_pages advises (madvise MADV_HUGEPAGE) exactly the whole 2 MiB pages inside
+    the tensor, and the tensor is an ordinary one (values written as into any other)."""
+    import sys
+
+    import torch
+
+    from bn_repro.engine import memory
+
+    calls = []
+
+    class FakeLibc:
+        def madvise(self, address, length, advice):
+            calls.append((address.value, length.value, advice.value))
+            return 0
+
+    monkeypatch.setattr(memory, "_libc", FakeLibc)
+    monkeypatch.setattr(sys, "platform", "linux")
+    tensor = memory.empty_on_huge_pages((1500, 784))  # 4.7 MB: one or two whole huge pages inside
+    assert tensor.shape == (1500, 784) and tensor.dtype == torch.float32
+    ((address, length, advice),) = calls
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * 4
+    assert (
+        advice == memory.MADV_HUGEPAGE and address % memory.HUGE_PAGE == 0 and length % memory.HUGE_PAGE == 0
+    )
+    assert start <= address < start + memory.HUGE_PAGE and end - memory.HUGE_PAGE < address + length <= end
+    calls.clear()
+    memory.empty_on_huge_pages((10, 10))  # no whole huge page inside: no advice
+    assert not calls
+    tensor.fill_(0.5)
+    assert tensor.sum().item() == 0.5 * tensor.numel()

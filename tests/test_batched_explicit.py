@@ -88,22 +88,35 @@ SGDS = {
 }
 
 
+# Members that draw the same batches (one seed under several norms or rates): member k reads row
+# streams[k] of the distinct batches. For the 6 "mixed" members the segments' rows are in order ([0, 1]:
+# a view of the batches), reversed ([1, 0]: a gather) and in order again; the 3 "custom variants" are
+# one member per segment.
+STREAMS = {"mixed": [0, 1, 1, 0, 0, 1], "custom variants": [1, 0, 1]}
+
+
 @pytest.mark.parametrize("sgd", SGDS)
 @pytest.mark.parametrize("mix", ["mixed", "custom variants"])
 @pytest.mark.parametrize("rates", ["shared", "per member"])
-def test_explicit_steps_train_as_autograds_do(mix, sgd, rates):
+@pytest.mark.parametrize("inputs", ["own", "shared streams"])
+def test_explicit_steps_train_as_autograds_do(mix, sgd, rates, inputs):
     """30 SGD steps, the weights' gradients folded into the momentum buffers (StackedSGD.fold_gradient)
     where the optimizer can: the members' losses, weights, running statistics and momentum buffers stay
-    autograd's."""
+    autograd's; with members reading shared batches too (the first layer's matmul and weight gradient
+    then run per norm segment, each on its own rows of the batches)."""
     norm_cfgs = NORM_MIXES[mix]
     model, optimizer = _group(norm_cfgs, seed=1, sgd=SGDS[sgd])
     twin, twin_optimizer = _group(norm_cfgs, seed=1, sgd=SGDS[sgd])  # the same members, their own optimizers
     step = explicit_losses(twin, twin_optimizer)
     lrs = [0.1 * (k + 1) if rates == "per member" else 0.1 for k in range(len(norm_cfgs))]
+    streams = STREAMS[mix] if inputs == "shared streams" else None
+    rows = len(norm_cfgs) if streams is None else max(streams) + 1
     for _ in range(30):
-        x, y = torch.randn(len(norm_cfgs), 8, 1, 6, 6), torch.randint(0, 5, (len(norm_cfgs), 8))
-        expected, _ = batched_train_step(model, optimizer, x, y, lrs)
-        losses, _ = batched_train_step(twin, twin_optimizer, x, y, lrs, step)
+        x, y = torch.randn(rows, 8, 1, 6, 6), torch.randint(0, 5, (len(norm_cfgs), 8))
+        # The autograd step reads each member's rows gathered (batched_train_step), the explicit one the
+        # distinct batches.
+        expected, _ = batched_train_step(model, optimizer, x, y, lrs, streams=streams)
+        losses, _ = batched_train_step(twin, twin_optimizer, x, y, lrs, step, streams)
         _close(losses, expected, "losses")
     _assert_same_state(twin, model)
     folded = [p.grad is None for p in twin.parameters() if p.dim() == 3]  # the layers' weights

@@ -125,3 +125,24 @@ def test_the_index_and_the_registries_say_the_same(overrides):
     with pytest.raises(ConfigError) as error:
         check_components(OmegaConf.to_container(compose(overrides), resolve=True))
     assert before == f"error: {error.value}"
+
+
+META_PROBE = """
+import sys
+from bn_repro.config import check_components, compose, resolve_config
+from omegaconf import OmegaConf
+for overrides in {configs!r}:
+    check_components(OmegaConf.to_container(compose(overrides), resolve=True), device=False)
+print("dynamo imported:", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_models_checked_on_meta_do_not_import_dynamo():
+    """check_components builds each model on the meta device; their random initialisers (normal_,
+    kaiming_normal_) do nothing there, as torch's meta normal_ would import torch._dynamo (1-1.6 s of a
+    process's start). A model too large for memory is still caught (tests/test_config_schema.py)."""
+    configs = [["experiment=fig1_fashion_mnist"], ["experiment=santurkar_vgg_cpu"], ["model=inception"],
+               ["model=linear_deep"]]  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", META_PROBE.format(configs=configs)], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "dynamo imported: False" in out

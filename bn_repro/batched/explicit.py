@@ -2,6 +2,7 @@
 
     step = explicit_losses(model, optimizer)   # None where the model has a part it does not cover
     losses, logits = step(x, y)                # as member_losses, the gradients filled; then optimizer.step
+    losses, logits = step(x, y, streams)       # x: (D, B, ...) distinct batches, member k's is x[streams[k]]
 
 A step of K Fig. 1 MLPs is a few batched matmuls and, between them, elementwise passes over (K, C, B)
 activations. Under autograd each op is a node (saved tensors, a backward function, an accumulated
@@ -9,7 +10,9 @@ gradient) and torch's BN kernel runs the (1, K*C, B) layout along its channels; 
 matmul written into its slice of one output buffer (no torch.cat of the segments), BN forward as a sum, the
 centring in place, a sum of squares and one multiply-add, its backward as two, the nonlinearity in place,
 and the gradients assigned to .grad, the weights' summed by their matmul straight into their momentum
-buffers (StackedSGD.fold_gradient) where the optimizer allows. The formulas are torch's: BN's backward as
+buffers (StackedSGD.fold_gradient) where the optimizer allows. The first layer reads its input as it comes,
+(K, B, in), and multiplies it by W^T, per norm segment, each segment reading its members' rows of the
+batches (with `streams`, members that draw the same batch read one copy of it). The formulas are torch's: BN's backward as
 native_batch_norm_backward's (dx = (dy - mean(dy) - xc * sum(dy * xc) / (N var')) * gamma / std, with
 var' = var + eps), the loss's through log_softmax's own backward, the sigmoid's and ReLU's through
 theirs; each member's gradient is its single run's within float32 rounding (tests/test_batched.py).
@@ -21,7 +24,7 @@ beta and running statistics, as the norm configs build them); anything else keep
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +32,15 @@ from torch import Tensor, nn
 
 from bn_repro.norms.batchnorm import BatchNorm
 
-__all__ = ["explicit_losses", "unsupported_reason"]
+__all__ = ["ExplicitStep", "explicit_losses", "unsupported_reason"]
 
 _ACTIVATIONS = (nn.Sigmoid, nn.ReLU, nn.Identity)
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why `model` (a BatchedMLP) keeps the autograd step; None where the explicit one covers it."""
+    if not len(model.hidden):
+        return "no hidden layer"
     for layer in model.hidden:
         if not isinstance(layer.act, _ACTIVATIONS):
             return f"activation {type(layer.act).__name__}"
@@ -54,15 +59,25 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def explicit_losses(
-    model: nn.Module, optimizer=None
-) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+def explicit_losses(model: nn.Module, optimizer=None) -> ExplicitStep | None:
     """The step function of `model`, or None where unsupported_reason names what it does not cover.
     `optimizer`: the model's StackedSGD, which takes the weights' gradients into its momentum buffers
     (StackedSGD.fold_gradient) where it can; its step() must follow each call."""
     if unsupported_reason(model) is not None:
         return None
-    return lambda x, y: _step(model, x, y, optimizer)
+    return ExplicitStep(model, optimizer)
+
+
+class ExplicitStep:
+    """step(x, y) -> (losses (K,), logits (K, classes, B)), the gradients filled. x: (K, B, ...), or,
+    with `streams`, (D, B, ...) distinct batches of which member k reads x[streams[k]] (members that
+    draw the same batches, e.g. one seed under two norms: one gather and one input for them)."""
+
+    def __init__(self, model: nn.Module, optimizer=None):
+        self.model, self.optimizer = model, optimizer
+
+    def __call__(self, x: Tensor, y: Tensor, streams: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        return _step(self.model, x, y, self.optimizer, streams)
 
 
 def _activate_(z: Tensor, act: nn.Module) -> None:
@@ -122,37 +137,62 @@ def _norm_backward(segment, dy: Tensor, centred: Tensor, inv_std: Tensor, scale:
     dy.addcmul_(centred, dot * inv_std.square() * (-scale / n))
 
 
-def _hidden_forward(layer, h: Tensor) -> tuple[Tensor, list]:
+def _hidden_forward(layer, h: Tensor | None, first: list[Tensor] | None = None) -> tuple[Tensor, list]:
+    """One hidden layer on h (K, in, B); the first layer on `first`, each segment's (K', B, in) input."""
     k, out, _ = layer.weight.shape
-    z = h.new_empty(k, out, h.shape[-1])
+    batch = first[0].shape[1] if first is not None else h.shape[2]
+    z = layer.weight.new_empty(k, out, batch)
     saved = []
-    for segment in layer.segments:
+    for i, segment in enumerate(layer.segments):
         rows = slice(segment.start, segment.stop)
-        weight, inputs, zs = layer.weight[rows].detach(), h[rows], z[rows]
-        if segment.norm is None:
-            if segment.bias is None:
-                torch.bmm(weight, inputs, out=zs)
+        weight, zs = layer.weight[rows].detach(), z[rows]
+        bias = None if segment.bias is None else segment.bias.detach().unsqueeze(2)
+        if first is not None:
+            # The input's own (K', B, in) layout times W^T: 10-15% faster than W times its transpose at
+            # the first layer's shapes (MKL, batch 60, 784 inputs), then transposed into z's layout.
+            pre = torch.bmm(first[i], weight.transpose(1, 2)).transpose(1, 2)
+            u = zs if segment.norm is None else torch.empty_like(zs)
+            if bias is None:
+                u.copy_(pre)
             else:
-                torch.baddbmm(segment.bias.detach().unsqueeze(2), weight, inputs, out=zs)
+                torch.add(pre, bias, out=u)
+            if segment.norm is None:
+                saved.append(None)
+                continue
+        elif segment.norm is None:
+            if bias is None:
+                torch.bmm(weight, h[rows], out=zs)
+            else:
+                torch.baddbmm(bias, weight, h[rows], out=zs)
             saved.append(None)
             continue
-        u = torch.bmm(weight, inputs)
-        if segment.bias is not None:
-            u.add_(segment.bias.detach().unsqueeze(2))
+        else:
+            u = torch.bmm(weight, h[rows])
+            if bias is not None:
+                u.add_(bias)
         saved.append((u, *_norm_forward(segment, u, zs)))
     _activate_(z, layer.act)
     return z, saved
 
 
-def _weight_gradient(weight: Tensor, a: Tensor, b: Tensor, optimizer) -> None:
-    """weight's gradient a @ b: folded into its momentum buffer where the optimizer can, else .grad."""
-    if optimizer is None or not optimizer.fold_gradient(weight, a, b):
+def _weight_gradient(weight: Tensor, a: Tensor, b: Tensor, optimizer, rows: slice | None = None) -> None:
+    """weight's gradient a @ b (of members `rows`, else all): folded into its momentum buffer where the
+    optimizer can, else .grad."""
+    if optimizer is not None and optimizer.fold_gradient(weight, a, b, rows):
+        return
+    if rows is None:
         weight.grad = torch.bmm(a, b)
+        return
+    if weight.grad is None:
+        weight.grad = torch.empty_like(weight)
+    torch.bmm(a, b, out=weight.grad[rows])
 
 
 def _hidden_backward(
-    layer, dz: Tensor, z: Tensor, h: Tensor, saved: list, first: bool, optimizer
+    layer, dz: Tensor, z: Tensor, h: Tensor | None, saved: list, optimizer, first: list[Tensor] | None = None
 ) -> Tensor | None:
+    """The gradients of one hidden layer's parameters, and the gradient at its input h (K, in, B); of the
+    first layer (`first`: each segment's (K', B, in) input, as _hidden_forward), no input gradient."""
     dy = _activation_backward(dz, z, layer.act)
     if dy is dz:
         dy = dz.clone()
@@ -163,20 +203,42 @@ def _hidden_backward(
         if segment.bias is not None:
             # With a norm after it the bias gets the gradient at the norm's input, as autograd gives it.
             segment.bias.grad = rows.sum(2)
+    if first is not None:
+        for segment, inputs in zip(layer.segments, first, strict=True):
+            rows = slice(segment.start, segment.stop)
+            _weight_gradient(layer.weight, dy[rows], inputs, optimizer, rows)
+        return None
     _weight_gradient(layer.weight, dy, h.transpose(1, 2), optimizer)
-    return None if first else torch.bmm(layer.weight.detach().transpose(1, 2), dy)
+    return torch.bmm(layer.weight.detach().transpose(1, 2), dy)
+
+
+def _segment_inputs(model: nn.Module, x: Tensor, streams: Sequence[int] | None) -> list[Tensor]:
+    """Each first-layer segment's (K', B, in) input: its members' rows of x (K, B, ...), or with `streams`
+    the rows x[streams[k]] of x (D, B, ...): a view where they are consecutive rows in order."""
+    flat = x.flatten(2)
+    inputs = []
+    for segment in model.hidden[0].segments:
+        ids = range(segment.start, segment.stop) if streams is None else streams[segment.start : segment.stop]
+        ids = list(ids)
+        if ids == list(range(ids[0], ids[0] + len(ids))):
+            inputs.append(flat[ids[0] : ids[0] + len(ids)])
+        else:
+            inputs.append(flat.index_select(0, torch.tensor(ids, device=flat.device)))
+    return inputs
 
 
 @torch.no_grad()
-def _step(model: nn.Module, x: Tensor, y: Tensor, optimizer=None) -> tuple[Tensor, Tensor]:
+def _step(
+    model: nn.Module, x: Tensor, y: Tensor, optimizer=None, streams: Sequence[int] | None = None
+) -> tuple[Tensor, Tensor]:
     """Forward (keeping each layer's input, output and BN's centred input and scales), the loss, and the
     backward from the logits down; returns the members' losses (K,) and logits (K, classes, B)."""
     if not model.training:  # BN would normalise with its running statistics
         raise RuntimeError("the explicit step is a training step; the batched model is in eval mode")
-    h = x.flatten(2).transpose(1, 2)  # (K, in, B), a view, as BatchedMLP.forward
-    inputs, outputs, saved = [], [], []
-    for layer in model.hidden:
-        z, kept = _hidden_forward(layer, h)
+    first = _segment_inputs(model, x, streams)
+    h, inputs, outputs, saved = None, [], [], []
+    for i, layer in enumerate(model.hidden):
+        z, kept = _hidden_forward(layer, h, first if i == 0 else None)
         inputs.append(h)
         outputs.append(z)
         saved.append(kept)
@@ -193,5 +255,7 @@ def _step(model: nn.Module, x: Tensor, y: Tensor, optimizer=None) -> tuple[Tenso
     out.bias.grad = dlogits.sum(2)
     dz = torch.bmm(out.weight.detach().transpose(1, 2), dlogits)
     for i in reversed(range(len(model.hidden))):
-        dz = _hidden_backward(model.hidden[i], dz, outputs[i], inputs[i], saved[i], i == 0, optimizer)
+        dz = _hidden_backward(
+            model.hidden[i], dz, outputs[i], inputs[i], saved[i], optimizer, first if i == 0 else None
+        )
     return losses, logits

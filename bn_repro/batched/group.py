@@ -6,7 +6,8 @@ their training steps are one batched model's (bn_repro/batched/model.py).
 
 Each member's Session is built by the normal setup with its own seed, so its initial weights, batch
 order and augmentation stream are those of the single run; every step draws each member's batch from
-its own run. Before each evaluation, measurement or checkpoint the batched state is copied back into
+its own run. Members that draw the same batches (one seed under several norms or rates: the batch order
+is the seed's) have them gathered once, and the first layer reads one input for them. Before each evaluation, measurement or checkpoint the batched state is copied back into
 the members' own models, optimizers and windows, and the Session's own code evaluates, measures,
 checkpoints and writes the run files, so they are a single run's files (summary.json adds "batched").
 A member whose loss explodes (Session.explosion) stops alone: it is evaluated and checkpointed as a
@@ -202,30 +203,68 @@ def _shared_inputs(members: Sequence[Session]) -> torch.Tensor | None:
     """The whole training set normalised once, when every member reads it as is: members that share
     one data set (setup.shared_data) and need no augmentation, replica split or memory-format change.
     A batch is then one gather from it: the same values as K calls of next_batch (normalising a
-    pixel is elementwise), at a fraction of the per-step cost."""
+    pixel is elementwise), at a fraction of the per-step cost. On the CPU the copy is advised onto huge
+    pages (memory.empty_on_huge_pages: its rows are read at random, 600 a step for 10 members)."""
     runs = [m.run for m in members]
     first = runs[0]
     if all(
         r.data is first.data and r.augment is None and not r.replicas.active and not r.fast.channels_last
         for r in runs
     ):
-        return first.data.normalize(first.data.train_x)
+        pixels = first.data.train_x
+        if pixels.device.type != "cpu":
+            return first.data.normalize(pixels)
+        return first.data.normalize(pixels, out=memory.empty_on_huge_pages(pixels.shape))
     return None
 
 
+def _stream_key(member: Session) -> str:
+    """Equal for members that draw the same batches: the batch order is the seed's and the data
+    config's (bn_repro/data/batches.make_batches); _next_batches checks it each step."""
+    config = member.config
+    return json.dumps([config["seed"], config["data"]], sort_keys=True, default=str)
+
+
+def _streams(members: Sequence[Session], inputs: torch.Tensor | None) -> list[int] | None:
+    """Member k's batch stream (an index into the distinct ones, in order of first appearance), when
+    members share one normalised training set (_shared_inputs) and some draw the same batches (the
+    sweep's seeds under several norms or learning rates): their batch is gathered once and their first
+    layer reads one input. None where every member draws its own."""
+    if inputs is None:
+        return None
+    keys = [_stream_key(m) for m in members]
+    distinct = list(dict.fromkeys(keys))
+    return None if len(distinct) == len(keys) else [distinct.index(key) for key in keys]
+
+
 def _next_batches(
-    members: Sequence[Session], inputs: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every member's next batch (Components.next_batch), stacked: (K, B, ...) inputs, (K, B) targets;
-    from `inputs` (_shared_inputs) where there are."""
+    members: Sequence[Session], inputs: torch.Tensor | None, streams: Sequence[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
+    """Every member's next batch (Components.next_batch): (K, B, ...) inputs, (K, B) targets, None; from
+    `inputs` (_shared_inputs) where there are. With `streams` (_streams), and where the members of one
+    stream did draw the same indices, the inputs are the distinct batches (D, B, ...), of which member k
+    reads row streams[k], and `streams` comes back in third place."""
     runs = [m.run for m in members]
-    if inputs is not None:
-        # One gather for all members: index_select copies whole rows, 5-7x faster than inputs[idx].
-        idx = torch.cat([next(r.batches) for r in runs])
-        targets = runs[0].data.train_y.index_select(0, idx).view(len(runs), -1)
-        return inputs.index_select(0, idx).view(len(runs), -1, *inputs.shape[1:]), targets
-    batches = [r.next_batch() for r in runs]
-    return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+    if inputs is None:
+        batches = [r.next_batch() for r in runs]
+        return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches]), None
+    indices = [next(r.batches) for r in runs]  # every member's own sampler moves on, as in its run
+    targets = runs[0].data.train_y.index_select(0, torch.cat(indices)).view(len(runs), -1)
+    if streams is not None:
+        first = [streams.index(s) for s in range(max(streams) + 1)]  # each stream's first member
+        if all(torch.equal(idx, indices[first[s]]) for idx, s in zip(indices, streams, strict=True)):
+            idx = torch.cat([indices[k] for k in first])
+            return inputs.index_select(0, idx).view(len(first), -1, *inputs.shape[1:]), targets, list(streams)
+    # One gather for all members: index_select copies whole rows, 5-7x faster than inputs[idx].
+    idx = torch.cat(indices)
+    return inputs.index_select(0, idx).view(len(runs), -1, *inputs.shape[1:]), targets, None
+
+
+def _member_batch(
+    x: torch.Tensor, y: torch.Tensor, streams: Sequence[int] | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member k's (inputs, targets) of a _next_batches step."""
+    return (x[k] if streams is None else x[streams[k]]), y[k]
 
 
 def _norm_key(member: Session) -> str:
@@ -244,9 +283,11 @@ def _train_together(members: list[Session], start: int, backward: str = "explici
     trainer, name = members[0].config["trainer"], members[0].config["experiment_name"]
     max_steps = trainer["max_steps"]
     checkpoints_on = bool(trainer["checkpoint_every"] or trainer.get("checkpoint_every_s"))
-    members = sorted(members, key=_norm_key)  # one norm segment per config (bn_repro/batched/model.py)
+    # One norm segment per config (bn_repro/batched/model.py), each in the order of its batch streams.
+    members = sorted(members, key=lambda m: (_norm_key(m), _stream_key(m)))
     batched = _Batched(members, backward)
     inputs = _shared_inputs(members)
+    streams = _streams(members, inputs)
     # One batched evaluation for all members when they read one test set (setup.shared_data).
     shared_test = all(m.run.data is members[0].run.data for m in members)
     # The schedulers of constant schedules are not stepped each step but brought up to date before the
@@ -274,13 +315,13 @@ def _train_together(members: list[Session], start: int, backward: str = "explici
             if interrupts.requested() is not None:
                 sync()  # _finish checkpoints each member as it stands
                 break
-            x, y = _next_batches(members, inputs)
+            x, y, shared = _next_batches(members, inputs, streams)
             if _due(members[0], "before_step", step, last=False):
                 sync()
                 for k, member in enumerate(members):
-                    member.measure("before_step", step, (x[k], y[k]), last=False)
+                    member.measure("before_step", step, _member_batch(x, y, shared, k), last=False)
             losses, logits = batched_train_step(
-                batched.model, batched.optimizer, x, y, lrs, batched.losses_fn
+                batched.model, batched.optimizer, x, y, lrs, batched.losses_fn, shared
             )
             owed += 1
             if stepped:
@@ -318,7 +359,9 @@ def _train_together(members: list[Session], start: int, backward: str = "explici
                 stop = k in diverged
                 member.state.diverged = member.state.diverged or stop
                 test = tests[k] if tests is not None else None
-                member.after_step(step, (x[k], y[k]), evaluate_now or stop, last or stop, test)
+                member.after_step(
+                    step, _member_batch(x, y, shared, k), evaluate_now or stop, last or stop, test
+                )
                 if checkpoint_now and checkpoints_on:
                     member.checkpoint(step)
             diverged |= {k for k, member in enumerate(members) if member.state.diverged}  # NaN test loss
@@ -336,6 +379,7 @@ def _train_together(members: list[Session], start: int, backward: str = "explici
                 stepped = [m.run.scheduler for m in members if m.run.scheduler in stepped]
                 if not members:
                     break
+                streams = _streams(members, inputs)
             batched = _Batched(members, backward)
     finally:
         progress.close()

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.optim.sgd import sgd
 
 from bn_repro import norms
+from bn_repro.batched.explicit import ExplicitStep
 from bn_repro.models.mlp import MLP
 
 
@@ -224,6 +225,7 @@ class StackedSGD:
         self.buffers: list[Tensor | None] = [None] * len(self.params)
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self._folded: set[int] = set()  # the parameters whose gradient is in their buffer this step
+        self._started: set[int] = set()  # those whose buffer this step starts (from their gradient)
         self.gather()
 
     def zero_grad(self) -> None:
@@ -231,22 +233,29 @@ class StackedSGD:
             p.grad = None
 
     @torch.no_grad()
-    def fold_gradient(self, param: Tensor, a: Tensor, b: Tensor) -> bool:
+    def fold_gradient(self, param: Tensor, a: Tensor, b: Tensor, rows: slice | None = None) -> bool:
         """Momentum SGD's buffer update for `param` with its gradient a @ b (a batched matmul) inside it:
         one baddbmm, buf = momentum * buf + a @ b (weight decay then added), in place of a gradient written
         out and read back by the update (for the first layer of 10 Fig. 1 members, 3 MB each way a step);
-        step() then applies the buffer. False, and nothing done, without momentum or with nesterov (whose
-        update needs the gradient itself): the caller sets param.grad. The matmul sums the gradient into
-        the buffer, which rounds as torch's update up to a last bit a step."""
+        step() then applies the buffer. `rows`: the members (a slice of dim 0) whose gradient a @ b is,
+        when each segment's matmul reads its own input; the calls of one step cover every row. False, and
+        nothing done, without momentum or with nesterov (whose update needs the gradient itself): the
+        caller sets param.grad. The matmul sums the gradient into the buffer, which rounds as torch's
+        update up to a last bit a step."""
         i = self._index.get(id(param))
         if i is None or self.momentum == 0 or self.nesterov:
             return False
+        whole = slice(None) if rows is None else rows
         if self.buffers[i] is None:  # the first step: the buffer starts as the gradient
-            self.buffers[i] = torch.bmm(a, b)
+            self.buffers[i] = torch.empty_like(param)
+            self._started.add(i)
+        buffer = self.buffers[i][whole]
+        if i in self._started:
+            torch.bmm(a, b, out=buffer)
         else:
-            self.buffers[i].baddbmm_(a, b, beta=self.momentum)
+            buffer.baddbmm_(a, b, beta=self.momentum)
         if self.weight_decay != 0:
-            self.buffers[i].add_(param, alpha=self.weight_decay)
+            buffer.add_(param[whole], alpha=self.weight_decay)
         self._folded.add(i)
         return True
 
@@ -257,7 +266,7 @@ class StackedSGD:
         rounds buf * momentum + grad once, a last-bit difference per step). Per-member rates: the same
         formula with foreach ops, the rate applied row by row. A parameter whose gradient was folded into
         its buffer this step (fold_gradient) takes only the update, param -= lr * buf."""
-        folded, self._folded = self._folded, set()
+        folded, self._folded, self._started = self._folded, set(), set()
         rest = [i for i in range(len(self.params)) if i not in folded]
         self._sgd(rest, lrs)
         if folded:
@@ -380,13 +389,25 @@ def compiled_losses(model: BatchedMLP):
 
 
 def batched_train_step(
-    model: BatchedMLP, optimizer: StackedSGD, x: Tensor, y: Tensor, lrs: Sequence[float], losses_fn=None
+    model: BatchedMLP,
+    optimizer: StackedSGD,
+    x: Tensor,
+    y: Tensor,
+    lrs: Sequence[float],
+    losses_fn=None,
+    streams: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One step of every member; returns the detached per-member losses (K,) and logits (K, classes, B).
     `losses_fn`: member_losses of the model, its compiled_losses, or its explicit_losses (which fills the
-    gradients without autograd: bn_repro/batched/explicit.py)."""
+    gradients without autograd: bn_repro/batched/explicit.py). `streams`: x holds distinct batches
+    (D, B, ...) and member k reads x[streams[k]] (None: x is (K, B, ...))."""
     optimizer.zero_grad()
-    losses, logits = losses_fn(x, y) if losses_fn is not None else member_losses(model, x, y)
+    if isinstance(losses_fn, ExplicitStep):
+        losses, logits = losses_fn(x, y, streams)
+    else:
+        if streams is not None:
+            x = x.index_select(0, torch.tensor(streams, device=x.device))
+        losses, logits = losses_fn(x, y) if losses_fn is not None else member_losses(model, x, y)
     if losses.requires_grad:  # explicit_losses has filled the gradients itself
         losses.sum().backward()
     optimizer.step(lrs)

@@ -103,12 +103,12 @@ class DeviceDataset:
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
 
-    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """float32 (x/255 - mean)/std per channel; shape and device kept."""
+    def normalize(self, x_uint8: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 (x/255 - mean)/std per channel; shape and device kept; written into `out` if given."""
         if x_uint8.dtype != torch.uint8:
             # A float input is most likely already normalized; normalizing twice would go unnoticed.
             raise TypeError(f"normalize expects uint8 pixels, got {x_uint8.dtype}")
-        return torch.addcmul(self._shift, x_uint8, self._scale)
+        return torch.addcmul(self._shift, x_uint8, self._scale, out=out)
 
 
 def load_dataset(
