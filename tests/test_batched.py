@@ -363,6 +363,27 @@ def test_members_read_their_batches_from_one_normalised_copy_unless_augmented(tm
     _assert_member_is_single_run(tmp_path / "augmented/member1", tmp_path / "single_augmented")
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_members_probes_come_from_the_groups_evaluation_forward(mode, tmp_path, monkeypatch):
+    """In eval mode each member's activation probe reads its probe points' inputs from the group's
+    evaluation forward (batched_evaluate's first test batch): the probe runs no forward of its own after
+    step 0 (each member's own evaluation); in train mode (the probe set's own batch statistics) it runs
+    its own. Either way the member's activations.csv is its single run's."""
+    from bn_repro.measures.activations import ActivationProbe
+
+    forwards = []
+    real = ActivationProbe.measure
+    monkeypatch.setattr(ActivationProbe, "measure", lambda self, f: forwards.append(1) or real(self, f))
+    overrides = [[*STEPS, "norm=builtin", f"probe.mode={mode}", f"seed={s}"] for s in (0, 1)]
+    train_group(_members(overrides, tmp_path))
+    evaluations = 40 // 10 + 1
+    assert len(forwards) == (2 if mode == "eval" else 2 * evaluations)
+    monkeypatch.setattr(ActivationProbe, "measure", real)
+    for k, o in enumerate(overrides):
+        train(compose_config(o), tmp_path / f"single{k}")
+        _assert_member_is_single_run(tmp_path / f"member{k}", tmp_path / f"single{k}")
+
+
 def test_members_that_draw_the_same_batches_gather_them_once(tmp_path):
     """One seed's batches are the same under any norm or rate: _next_batches gathers them once (the first
     layer reads one input per stream) while every member's sampler moves on; members whose samplers part

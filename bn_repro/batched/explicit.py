@@ -7,15 +7,16 @@
 A step of K Fig. 1 MLPs is a few batched matmuls and, between them, elementwise passes over (K, C, B)
 activations. Under autograd each op is a node (saved tensors, a backward function, an accumulated
 gradient) and torch's BN kernel runs the (1, K*C, B) layout along its channels; here each layer is its
-matmul written into its slice of one output buffer (no torch.cat of the segments), BN forward as a sum, the
-centring in place, a sum of squares and one multiply-add, its backward as two, the nonlinearity in place,
-and the gradients assigned to .grad, the weights' summed by their matmul straight into their momentum
-buffers (StackedSGD.fold_gradient) where the optimizer allows. The first layer reads its input as it comes,
-(K, B, in), and multiplies it by W^T, per norm segment, each segment reading its members' rows of the
-batches (with `streams`, members that draw the same batch read one copy of it). The formulas are torch's: BN's backward as
-native_batch_norm_backward's (dx = (dy - mean(dy) - xc * sum(dy * xc) / (N var')) * gamma / std, with
-var' = var + eps), the loss's through log_softmax's own backward, the sigmoid's and ReLU's through
-theirs; each member's gradient is its single run's within float32 rounding (tests/test_batched.py).
+matmul written into its slice of one output buffer (no torch.cat of the segments), BN forward as a sum,
+the centring in place, a sum of squares and one multiply-add, its backward as two, the nonlinearity in
+place, and the gradients assigned to .grad, the weights' summed by their matmul straight into their
+momentum buffers (StackedSGD.fold_gradient) where the optimizer allows. The first layer reads its input
+as it comes, (K, B, in), and multiplies it by W^T, per norm segment, each segment reading its members'
+rows of the batches (with `streams`, members that draw the same batch read one copy of it). The formulas
+are torch's: BN's backward as native_batch_norm_backward's
+(dx = (dy - mean(dy) - xc * sum(dy * xc) / (N var')) * gamma / std, with var' = var + eps), the loss's
+through log_softmax's own backward, the sigmoid's and ReLU's through theirs; each member's gradient is
+its single run's within float32 rounding (tests/test_batched.py).
 
 Covers what BatchedMLP holds: hidden layers of sigmoid, ReLU or identity, each segment with a bias (no
 norm) or a BatchNorm (built-in or bn_repro's custom one, either backward, in training mode, with gamma,

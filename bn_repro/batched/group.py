@@ -5,14 +5,15 @@ their training steps are one batched model's (bn_repro/batched/model.py).
     summaries = train_group(..., backward="autograd")   # the training step through autograd
 
 Each member's Session is built by the normal setup with its own seed, so its initial weights, batch
-order and augmentation stream are those of the single run; every step draws each member's batch from
-its own run. Members that draw the same batches (one seed under several norms or rates: the batch order
-is the seed's) have them gathered once, and the first layer reads one input for them. Before each evaluation, measurement or checkpoint the batched state is copied back into
-the members' own models, optimizers and windows, and the Session's own code evaluates, measures,
-checkpoints and writes the run files, so they are a single run's files (summary.json adds "batched").
-A member whose loss explodes (Session.explosion) stops alone: it is evaluated and checkpointed as a
-single run that diverges, and the others go on as a smaller batched model. A finished member is
-skipped (its run dir says so); a signal stops every member after the same step, each checkpointed.
+order and augmentation stream are those of the single run; every step draws each member's batch from its
+own run. Members that draw the same batches (one seed under several norms or rates: the batch order is
+the seed's) have them gathered once, and the first layer reads one input for them. Before each
+evaluation, measurement or checkpoint the batched state is copied back into the members' own models,
+optimizers and windows, and the Session's own code evaluates, measures, checkpoints and writes the run
+files, so they are a single run's files (summary.json adds "batched"). A member whose loss explodes
+(Session.explosion) stops alone: it is evaluated and checkpointed as a single run that diverges, and the
+others go on as a smaller batched model. A finished member is skipped (its run dir says so); a signal
+stops every member after the same step, each checkpointed.
 """
 
 from __future__ import annotations
@@ -267,6 +268,20 @@ def _member_batch(
     return (x[k] if streams is None else x[streams[k]]), y[k]
 
 
+def _member_probe_inputs(member: Session, probed: Sequence[torch.Tensor], k: int) -> dict | None:
+    """Member k's probe points' inputs (MeasureContext.probe_inputs), (B, C) each, from `probed`
+    (batched_evaluate's, per hidden layer (K, C, B)); None where its probe points are not all the hidden
+    layers' nonlinearities."""
+    model = member.run.model
+    if not probed or not hasattr(model, "probe_points"):
+        return None
+    layer_of = {id(layer.act): i for i, layer in enumerate(model.hidden)}
+    points = model.probe_points()
+    if any(id(module) not in layer_of for module in points.values()):
+        return None
+    return {name: probed[layer_of[id(module)]][k].t() for name, module in points.items()}
+
+
 def _norm_key(member: Session) -> str:
     return json.dumps(member.config["norm"], sort_keys=True, default=str)
 
@@ -346,22 +361,23 @@ def _train_together(members: list[Session], start: int, backward: str = "explici
                 member.state.step = step
             if not (evaluate_now or diverged or checkpoint_now or _due(members[0], "after_step", step, last)):
                 continue
-            tests = None
+            tests, probed = None, []
             if evaluate_now and shared_test:
                 tests = batched_evaluate(
                     batched.model,
                     members[0].run.data,
                     trainer["eval_batch_size"],
                     trainer.get("eval_examples"),
+                    probed,
                 )
             sync()
             for k, member in enumerate(members):
                 stop = k in diverged
                 member.state.diverged = member.state.diverged or stop
                 test = tests[k] if tests is not None else None
-                member.after_step(
-                    step, _member_batch(x, y, shared, k), evaluate_now or stop, last or stop, test
-                )
+                probes = _member_probe_inputs(member, probed, k)
+                batch = _member_batch(x, y, shared, k)
+                member.after_step(step, batch, evaluate_now or stop, last or stop, test, probes)
                 if checkpoint_now and checkpoints_on:
                     member.checkpoint(step)
             diverged |= {k for k, member in enumerate(members) if member.state.diverged}  # NaN test loss

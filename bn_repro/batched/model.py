@@ -354,11 +354,13 @@ def predictions(logits: Tensor) -> Tensor:
 
 @torch.no_grad()
 def batched_evaluate(
-    model: BatchedMLP, data: Any, batch_size: int, limit: int | None = None
+    model: BatchedMLP, data: Any, batch_size: int, limit: int | None = None, probe_inputs: list | None = None
 ) -> list[tuple[float, float]]:
     """Each member's test loss and accuracy in eval mode, as bn_repro.engine.evaluate.evaluate gives them
     for the member alone (its first `limit` test images when given), from one forward of all members
-    per test batch (the first layer one matmul of the K*out rows)."""
+    per test batch (the first layer one matmul of the K*out rows). `probe_inputs`: a list that receives,
+    per hidden layer, the input of its nonlinearity on the first test batch, (K, C, B), each member's
+    own (what the members' activation probes record: MeasureContext.probe_inputs)."""
     was_training = model.training
     model.eval()
     labels = data.test_y
@@ -368,7 +370,15 @@ def batched_evaluate(
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         y = labels[start:stop].expand(model.k, -1)
-        logits = model(data.normalize(data.test_x[start:stop]), shared=True)  # (K, classes, B)
+        hooks = []
+        if start == 0 and probe_inputs is not None:
+            record = lambda _module, inputs: probe_inputs.append(inputs[0])  # noqa: E731
+            hooks = [layer.act.register_forward_pre_hook(record) for layer in model.hidden]
+        try:
+            logits = model(data.normalize(data.test_x[start:stop]), shared=True)  # (K, classes, B)
+        finally:
+            for hook in hooks:
+                hook.remove()
         loss_sum += F.cross_entropy(logits.float(), y, reduction="none").sum(1)
         correct += (predictions(logits) == y).sum(1)
     model.train(was_training)

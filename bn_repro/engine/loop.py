@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +199,19 @@ class Session:
         )
 
     def after_step(
-        self, step: int, batch, evaluate_now: bool, last: bool, test: tuple[float, float] | None = None
+        self,
+        step: int,
+        batch,
+        evaluate_now: bool,
+        last: bool,
+        test: tuple[float, float] | None = None,
+        probe_inputs: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """The evaluation (when due), then the after-step measurements; one tracker row for the step.
-        `test`: the test loss and accuracy when the caller has computed them (a batched group)."""
+        `test`: the test loss and accuracy when the caller has computed them (a batched group);
+        `probe_inputs`: likewise the probe points' inputs (MeasureContext.probe_inputs)."""
         row = self.evaluate(step, test) if evaluate_now else None
-        self.measure("after_step", step, batch, last)
+        self.measure("after_step", step, batch, last, probe_inputs)
         measured, self._pending = self._pending, []
         if row is not None or measured:
             self.tracker.log_step(step, row, measured)
@@ -246,12 +254,14 @@ class Session:
         window.reset()
         return row
 
-    def measure(self, phase: str, step: int, batch, last: bool) -> None:
+    def measure(
+        self, phase: str, step: int, batch, last: bool, probe_inputs: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         """Run the measurements due at this step and phase, isolated from training; log their rows."""
         due = [s.measurement for s in self.measurements if s.due(step, phase, last)]
         if not due:
             return
-        ctx = self._context(step, batch)
+        ctx = self._context(step, batch, probe_inputs)
         for measurement in due:
             started = time.perf_counter()
             with measures.isolated(self.run.model, self.run.optimizer, self.run.device):
@@ -290,11 +300,11 @@ class Session:
             run.augment.load_state_dict(checkpoint["augment"])
         self.state.checkpointed_step = self.state.step
 
-    def _context(self, step: int, batch) -> measures.MeasureContext:
+    def _context(self, step: int, batch, probe_inputs=None) -> measures.MeasureContext:
         run = self.run
         return measures.MeasureContext(
             step=step, model=run.model, batch=batch, loss_fn=loss_fn, optimizer=run.optimizer, data=run.data,
-            device=run.device, config=self.config,
+            device=run.device, config=self.config, probe_inputs=probe_inputs,
         )  # fmt: skip
 
     def _facts(self) -> dict[str, Any]:

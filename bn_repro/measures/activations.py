@@ -65,6 +65,10 @@ class ActivationProbe:
             for handle in handles:
                 handle.remove()
         captured, self._captured = self._captured, {}
+        return self.summarise(captured)
+
+    def summarise(self, captured: Mapping[str, torch.Tensor]) -> ProbeResult:
+        """The rows and values of the probe points' inputs `captured` ((N, C, ...) per point)."""
         rows, layer_values = [], {}
         q = torch.tensor([p / 100 for p in PERCENTILES])
         for layer, x in captured.items():
@@ -119,9 +123,20 @@ class Activations(Measurement):
             ctx.model.train(self.mode == "train")
             ctx.model(self._x)
 
-        result = self._probe.measure(forward)
+        given = self._given(ctx)
+        result = self._probe.summarise(given) if given is not None else self._probe.measure(forward)
         self.layer_values = result.layer_values
         return result.rows
+
+    def _given(self, ctx: MeasureContext) -> dict[str, torch.Tensor] | None:
+        """The probe set's inputs at every probe point from ctx.probe_inputs (eval mode only: in train
+        mode BN normalises the probe set by its own statistics); None where they do not cover it."""
+        given, points = ctx.probe_inputs, self._probe.points
+        if self.mode != "eval" or given is None or not set(points) <= set(given):
+            return None
+        if any(given[name].shape[0] < self.num_examples for name in points):
+            return None
+        return {name: given[name][: self.num_examples] for name in points}
 
     def wandb_payload(self, rows: list[dict]) -> dict:
         payload = {}

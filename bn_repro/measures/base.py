@@ -56,6 +56,10 @@ class MeasureContext:
     data: Any  # bn_repro.data.DeviceDataset
     device: torch.device
     config: Mapping[str, Any] = field(default_factory=dict)  # the resolved run config
+    # The inputs of the model's probe points (model.probe_points()) on the first test images, in eval mode,
+    # (N, ...) per point, where the caller computed them already (a batched group's evaluation forward
+    # of all its members); a measurement may read them in place of running that forward itself.
+    probe_inputs: Mapping[str, Tensor] | None = None
 
 
 class Measurement(abc.ABC):
