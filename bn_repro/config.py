@@ -172,8 +172,9 @@ def _registry_check(check, where: str) -> None:
 def _no_init_on_meta():
     """A torch function mode under which torch.nn.init's initialisers and normal_ do nothing to a meta
     tensor (there are no values to draw): normal_ of a meta tensor runs through torch's Python
-    reference, whose first use imports torch._dynamo (1-1.6 s of every process's start here; a batched
-    sweep's launcher and each of its group processes check their configs)."""
+    reference, whose first use imports torch._dynamo: 1-1.6 s of the start of a process that trains
+    nothing (a sweep's launcher checking its jobs; a training process imports it anyway, with its first
+    torch.optim optimizer)."""
     import torch
     from torch.overrides import TorchFunctionMode
 
