@@ -261,6 +261,19 @@ def _next_batches(
     return inputs.index_select(0, idx).view(len(runs), -1, *inputs.shape[1:]), targets, None
 
 
+def _evaluate_together(batched: _Batched, members: Sequence[Session], due: bool) -> tuple[list | None, list]:
+    """Every member's test loss and accuracy, and the inputs of the batched model's nonlinearities on the
+    first test batch (for the members' probes), from one evaluation forward of all members; (None, [])
+    where it is not `due`."""
+    if not due:
+        return None, []
+    trainer, probed = members[0].config["trainer"], []
+    tests = batched_evaluate(
+        batched.model, members[0].run.data, trainer["eval_batch_size"], trainer.get("eval_examples"), probed
+    )
+    return tests, probed
+
+
 def _member_batch(
     x: torch.Tensor, y: torch.Tensor, streams: Sequence[int] | None, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,6 +306,14 @@ def _advance_constant_schedule(scheduler: Any, steps: int) -> None:
     scheduler._step_count += steps
 
 
+def _schedulers(members: Sequence[Session]) -> tuple[list, list]:
+    """The members' schedulers of constant schedules, which are not stepped each step but brought up to
+    date before the members' own code reads them, and the others, which set a new lr per step."""
+    schedulers = [(m.run.scheduler, m.config["optim"]["schedule"]["name"]) for m in members]
+    lazy = [s for s, schedule in schedulers if s is not None and schedule == "constant"]
+    return lazy, [s for s, _ in schedulers if s is not None and s not in lazy]
+
+
 def _train_together(members: list[Session], start: int, backward: str = "explicit") -> None:
     """Steps start+1 .. max_steps of `members` (all at step `start`) as one batched model."""
     trainer, name = members[0].config["trainer"], members[0].config["experiment_name"]
@@ -305,13 +326,7 @@ def _train_together(members: list[Session], start: int, backward: str = "explici
     streams = _streams(members, inputs)
     # One batched evaluation for all members when they read one test set (setup.shared_data).
     shared_test = all(m.run.data is members[0].run.data for m in members)
-    # The schedulers of constant schedules are not stepped each step but brought up to date before the
-    # members' own code reads them; only the others set a new lr per step.
-    schedulers = [(m.run.scheduler, m.config["optim"]["schedule"]["name"]) for m in members]
-    lazy = [s for s, schedule in schedulers if s is not None and schedule == "constant"]
-    stepped = [
-        m.run.scheduler for m in members if m.run.scheduler is not None and m.run.scheduler not in lazy
-    ]
+    lazy, stepped = _schedulers(members)
     owed = 0  # the steps the lazy schedulers have not been told of
 
     def sync() -> None:
@@ -361,15 +376,7 @@ def _train_together(members: list[Session], start: int, backward: str = "explici
                 member.state.step = step
             if not (evaluate_now or diverged or checkpoint_now or _due(members[0], "after_step", step, last)):
                 continue
-            tests, probed = None, []
-            if evaluate_now and shared_test:
-                tests = batched_evaluate(
-                    batched.model,
-                    members[0].run.data,
-                    trainer["eval_batch_size"],
-                    trainer.get("eval_examples"),
-                    probed,
-                )
+            tests, probed = _evaluate_together(batched, members, due=evaluate_now and shared_test)
             sync()
             for k, member in enumerate(members):
                 stop = k in diverged
